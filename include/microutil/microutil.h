@@ -1,0 +1,308 @@
+/**
+ * @file microutil.h
+ * @brief libmicroutil: client-side discovery, load balancing and async RPC
+ *        for microutil (Python/Django) providers registered in ZooKeeper.
+ *
+ * Everything runs on the caller's libevent `struct event_base`: no threads
+ * are created and no call blocks the loop. All functions must be called from
+ * the thread that runs that loop unless stated otherwise.
+ */
+#ifndef MICROUTIL_MICROUTIL_H
+#define MICROUTIL_MICROUTIL_H
+
+#include <stddef.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(__GNUC__) && defined(MU_BUILDING_LIBRARY)
+#define MU_EXPORT __attribute__((visibility("default")))
+#else
+#define MU_EXPORT
+#endif
+
+/** Library version, as a string ("0.1.0") and as 0xMMmmpp. */
+#define MU_VERSION_STRING "0.1.0"
+#define MU_VERSION_NUM 0x000100
+
+/**
+ * Status of an operation or a call. The numbers are stable: values are only
+ * ever appended, never renumbered. mu_strerror() names each one.
+ */
+typedef enum mu_status {
+    MU_OK = 0,           /**< Success. */
+    MU_EINVAL = 1,       /**< Caller misuse: a bad argument. */
+    MU_ENOMEM = 2,       /**< Out of memory. */
+    MU_ECONFIG = 3,      /**< Bad configuration key or value. */
+    MU_ENOPROVIDER = 4,  /**< The method has no usable provider. */
+    MU_EDISCOVERY = 5,   /**< ZooKeeper could not be reached or read. */
+    MU_ETIMEDOUT = 6,    /**< The attempt timeout or the call deadline passed. */
+    MU_ECONNECT = 7,     /**< Connecting to the provider failed (nothing was sent). */
+    MU_ETRANSPORT = 8,   /**< The connection failed after the request was sent. */
+    MU_EHTTP = 9,        /**< An HTTP status with no decodable microutil body. */
+    MU_EPROTOCOL = 10,   /**< The response broke the wire protocol. */
+    MU_ETOOBIG = 11,     /**< The response exceeds the configured size cap. */
+    MU_EREMOTE = 12,     /**< The provider returned an error (name, code, message). */
+    MU_ECANCELLED = 13,  /**< Cancelled by the caller, or the client was freed. */
+    MU_EAUTH = 14        /**< The provider rejected the auth token (HTTP 401). */
+} mu_status;
+
+/**
+ * A short, static English description of @p status ("timed out").
+ * Never returns NULL; unknown values give "unknown status". Thread-safe.
+ */
+MU_EXPORT const char *mu_strerror(mu_status status);
+
+/** The symbolic name of @p status ("MU_ETIMEDOUT"). Never NULL. Thread-safe. */
+MU_EXPORT const char *mu_status_name(mu_status status);
+
+
+/* ================================================================ config */
+
+/**
+ * A set of configuration keys. Every tunable has one key, the same in code
+ * (mu_config_set()), in files (mu_config_load_file()), on the mucall command
+ * line (--set KEY=VALUE) and, for the names microutil users know, in the
+ * environment (mu_config_load_env()). See README.md for the table.
+ *
+ * A config is plain data: mu_client_new() copies what it needs, so the
+ * config may be changed or freed after the client is made.
+ */
+typedef struct mu_config mu_config;
+
+/** A config holding the defaults. NULL on allocation failure. */
+MU_EXPORT mu_config *mu_config_new(void);
+
+/** Frees @p cfg. mu_config_free(NULL) is a no-op. */
+MU_EXPORT void mu_config_free(mu_config *cfg);
+
+/**
+ * Sets @p key to @p value (both copied). Returns MU_OK, or MU_ECONFIG for an
+ * unknown key or a bad value; mu_config_error() then names the key, the
+ * value and what is allowed. @p cfg is unchanged on error.
+ */
+MU_EXPORT mu_status mu_config_set(mu_config *cfg, const char *key, const char *value);
+
+/**
+ * Reads `key = value` lines from @p path. `#` starts a comment; blank lines
+ * are ignored. Stops at the first bad line with MU_ECONFIG, and
+ * mu_config_error() gives "path:line: ...". Keys set before the bad line
+ * stay set.
+ */
+MU_EXPORT mu_status mu_config_load_file(mu_config *cfg, const char *path);
+
+/**
+ * Applies the environment names of the Python microutil package:
+ * MICRO_ZK_HOST and MICRO_ZK_PORT (zk_hosts) and MICRO_CLIENT_TIMEOUT in
+ * seconds (timeout_ms), plus MU_<KEY> for any key (MU_POLICY=random).
+ * Precedence is the order of calls: the last one to set a key wins.
+ */
+MU_EXPORT mu_status mu_config_load_env(mu_config *cfg);
+
+/** The value of @p key as text, or NULL for an unknown key. Valid until the next change. */
+MU_EXPORT const char *mu_config_get(const mu_config *cfg, const char *key);
+
+/** Why the last failing call on @p cfg failed ("" if none). Valid until the next call. */
+MU_EXPORT const char *mu_config_error(const mu_config *cfg);
+
+/**
+ * Calls @p fn for each key known to the library with its default and a one
+ * line description (used for `mucall --help` and the README table).
+ */
+MU_EXPORT void mu_config_describe(void (*fn)(const char *key, const char *default_value,
+                                             const char *help, void *user),
+                                  void *user);
+
+/* ================================================================ client */
+
+struct event_base;
+
+/**
+ * A client: the watched provider view, the balancer and the HTTP transport,
+ * all running on one event_base. Not thread-safe: use it from the thread
+ * that runs its event_base. A program that wants several cores runs one
+ * client per loop.
+ */
+typedef struct mu_client mu_client;
+
+/** Log levels for mu_client_set_log(). */
+typedef enum mu_log_level {
+    MU_LOG_ERROR = 0,
+    MU_LOG_WARN = 1,
+    MU_LOG_INFO = 2,
+    MU_LOG_DEBUG = 3
+} mu_log_level;
+
+/** A log sink. @p msg is valid during the call only. */
+typedef void (*mu_log_fn)(mu_log_level level, const char *msg, void *user);
+
+/**
+ * Makes a client on @p base configured by @p cfg (NULL: defaults). It starts
+ * connecting to ZooKeeper (unless only static providers are configured) and
+ * preloads the `preload` targets, without blocking. On success stores the
+ * client in @p *out and returns MU_OK; on failure leaves @p *out untouched.
+ * @p base must outlive the client.
+ */
+MU_EXPORT mu_status mu_client_new(struct event_base *base, const mu_config *cfg, mu_client **out);
+
+/**
+ * Frees @p client. Every pending call's callback fires first, exactly once,
+ * with MU_ECANCELLED. Safe from inside any callback of this client: the
+ * memory is released when that callback returns. mu_client_free(NULL) is a
+ * no-op. After it returns, the client and its call handles must not be used.
+ */
+MU_EXPORT void mu_client_free(mu_client *client);
+
+/**
+ * Sends the client's log lines (ZooKeeper session changes, skipped znodes,
+ * retries) at @p level and below to @p fn. The default sink writes WARN and
+ * ERROR to stderr. @p fn NULL silences the client.
+ */
+MU_EXPORT void mu_client_set_log(mu_client *client, mu_log_level level, mu_log_fn fn, void *user);
+
+/** Why the last synchronous failure of a call on @p client happened ("" if none). */
+MU_EXPORT const char *mu_client_errmsg(const mu_client *client);
+
+/* ================================================================= calls */
+
+/** A call in flight. Valid from mu_call() until its callback returns. */
+typedef struct mu_call_handle mu_call_handle;
+
+/**
+ * The outcome of a call, handed to its callback. Every pointer in it is
+ * valid only during the callback: copy what you keep.
+ */
+typedef struct mu_result {
+    mu_status status;        /**< MU_OK, or why the call failed. */
+    const char *result;      /**< JSON text of the result ("null" if none); never NULL. */
+    size_t result_len;       /**< Length of result (it is also NUL-terminated). */
+    const char *error_name;  /**< Remote error name (MU_EREMOTE), else NULL. */
+    long long error_code;    /**< Remote error code (MU_EREMOTE), else 0. */
+    const char *error_message; /**< Remote error message (MU_EREMOTE), else NULL. */
+    const char *endpoint;    /**< "host:port" of the last attempt, or NULL if none was made. */
+    int attempts;            /**< HTTP attempts made (0 if none). */
+    long http_status;        /**< HTTP status of the last attempt, 0 if none. */
+    unsigned long long latency_us; /**< From mu_call() to the callback. */
+    const char *detail;      /**< Human explanation; "" on success. Never NULL. */
+} mu_result;
+
+struct yajl_val_s;
+
+/**
+ * Parses r->result into a yajl tree (see <yajl/yajl_tree.h>), for callers
+ * who want a tree rather than text. The caller owns the tree and frees it
+ * with yajl_tree_free(). NULL on error, with a message in @p err.
+ */
+MU_EXPORT struct yajl_val_s *mu_result_parse(const mu_result *r, char *err, size_t errlen);
+
+/** Completion callback: fires exactly once per successful mu_call(). */
+typedef void (*mu_call_cb)(const mu_result *result, void *user);
+
+/**
+ * Per-call options. Initialise with MU_CALL_OPTS_INIT (or mu_call_opts_init())
+ * and change the fields you want; zero / NULL / -1 mean "as configured".
+ * New fields are only ever appended; `size` lets the library tell which
+ * fields a caller compiled against knows.
+ */
+typedef struct mu_call_opts {
+    size_t size;            /**< sizeof(mu_call_opts), set by the initialiser. */
+    int timeout_ms;         /**< Per-attempt timeout; 0 = `timeout_ms`. */
+    int deadline_ms;        /**< Bound on the whole call, all attempts; 0 = `deadline_ms`. */
+    int retries;            /**< Extra attempts; -1 = `retries`. */
+    int idempotent;         /**< 1 = safe to run twice, 0 = not, -1 = the `idempotent` list. */
+    const char *policy;     /**< "round-robin", "random", "least-pending", "p2c"; NULL = configured. */
+    const char *hash_key;   /**< Reserved for hash-based policies; may be NULL. */
+} mu_call_opts;
+
+#define MU_CALL_OPTS_INIT { sizeof(mu_call_opts), 0, 0, -1, -1, NULL, NULL }
+
+/** Sets @p opts to MU_CALL_OPTS_INIT. */
+MU_EXPORT void mu_call_opts_init(mu_call_opts *opts);
+
+/**
+ * Calls `SERVICE:METHOD` (@p target) with positional arguments @p args_json
+ * (a JSON array, NULL for []) and keyword arguments @p kwargs_json (a JSON
+ * object, NULL for {}). All strings are copied; @p opts may be NULL.
+ *
+ * Returns MU_OK and, if @p handle is not NULL, stores a handle usable with
+ * mu_call_cancel() until the callback returns. @p cb then fires exactly once,
+ * never from inside mu_call() itself.
+ *
+ * Returns MU_EINVAL (bad target, args or kwargs not valid JSON of the right
+ * shape, bad option) or MU_ENOMEM without calling @p cb;
+ * mu_client_errmsg() says why.
+ *
+ * Retries go to another provider. A failure before the request was sent
+ * (connect refused) is always retried; a timeout, a dropped response or an
+ * HTTP 5xx without a microutil body only for idempotent calls; a remote error
+ * (the method raised) never.
+ */
+MU_EXPORT mu_status mu_call(mu_client *client, const char *target, const char *args_json,
+                            const char *kwargs_json, const mu_call_opts *opts, mu_call_cb cb,
+                            void *user, mu_call_handle **handle);
+
+/**
+ * Cancels @p call: its callback fires at once, from inside this function,
+ * with MU_ECANCELLED. A no-op from inside the call's own callback. The
+ * request may already have reached the provider.
+ */
+MU_EXPORT void mu_call_cancel(mu_call_handle *call);
+
+/* ========================================================= introspection */
+
+/** One endpoint of a method, as the view sees it now. */
+typedef struct mu_endpoint_info {
+    const char *address;    /**< "host:port" */
+    int pending;            /**< Calls in flight to it (all methods). */
+    unsigned long long calls;    /**< Attempts sent to it. */
+    unsigned long long failures; /**< Attempts that failed in transport. */
+    int down;               /**< 1 while it is ejected after connect failures. */
+} mu_endpoint_info;
+
+/**
+ * Calls @p fn once with the current endpoints of @p target ("svc:method")
+ * if its providers are loaded, and returns MU_OK. If they are not loaded yet,
+ * starts loading them and returns MU_ENOPROVIDER without calling @p fn
+ * (mu_client_errmsg() says so); mu_client_watch() tells when they arrive.
+ * The array is valid during @p fn only.
+ */
+MU_EXPORT mu_status mu_client_endpoints(mu_client *client, const char *target,
+                                        void (*fn)(const mu_endpoint_info *eps, size_t n,
+                                                   void *user),
+                                        void *user);
+
+/**
+ * Calls @p fn whenever the endpoint set of @p target changes (and once when
+ * it first loads, or is found to have no provider node). Loads @p target if
+ * needed. One watcher per target; @p fn NULL removes it.
+ */
+MU_EXPORT mu_status mu_client_watch(mu_client *client, const char *target,
+                                    void (*fn)(const char *target, size_t n_endpoints, void *user),
+                                    void *user);
+
+/** Counters for tests, benchmarks and monitoring. */
+typedef struct mu_client_stats {
+    unsigned long long zk_get_children;  /**< get_children requests sent */
+    unsigned long long zk_get;           /**< get (data) requests sent */
+    unsigned long long zk_sessions;      /**< sessions established (1 + re-creations) */
+    unsigned long long connections;      /**< TCP connections opened to providers */
+    unsigned long long calls_started;
+    unsigned long long calls_ok;
+    unsigned long long calls_failed;
+    unsigned long long attempts;
+    unsigned long long retries;
+    unsigned long long znodes_skipped;   /**< bad child data skipped */
+} mu_client_stats;
+
+/** Fills @p stats with the counters so far. */
+MU_EXPORT void mu_client_stats_get(const mu_client *client, mu_client_stats *stats);
+
+/** 1 while the client has a live ZooKeeper session, else 0. */
+MU_EXPORT int mu_client_zk_connected(const mu_client *client);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* MICROUTIL_MICROUTIL_H */
