@@ -1,0 +1,721 @@
+#include "config.h"
+#include "balance.h"
+#include "common.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+/*
+ * A pool keeps its endpoints twice over:
+ *
+ *  - an array (eps/mem), for round-robin, random and p2c, which index it;
+ *  - per pending count ("level"), a circular doubly linked list of member
+ *    nodes, plus the lowest non-empty level, for least-pending. A pick takes
+ *    the head of the lowest level and moves it to that level's tail, so
+ *    endpoints with equal pending take turns. mu_endpoint_pending_add moves
+ *    the endpoint's node in every pool that holds it (e->members), so the
+ *    level is the endpoint's total load, whatever method put it there.
+ *
+ * Down endpoints get no calls, so their pending falls to 0 and they would
+ * gather in the lowest level, where least-pending would have to step over
+ * all of them on every pick. So when least-pending meets a down endpoint it
+ * "parks" it: the node moves to a second set of levels (still kept by
+ * pending, for the all-down case) and into a min-heap on the down_until_us
+ * it had then. A pick unparks what is due from the top of the heap; an
+ * endpoint whose down_until_us is lowered (a success clears it) is unparked
+ * by its next pending_add. Parking is least-pending's bookkeeping only; the
+ * other policies read down_until_us directly.
+ *
+ * Exclusion, in order of preference (mu_pool_pick):
+ *   1. neither avoided nor down: the policy's choice, a few alternatives,
+ *      then a linear scan (only reached when nearly everything is excluded);
+ *   2. not avoided, down allowed ("panic"): when every endpoint not yet tried
+ *      is down, the marks are likely stale or the whole service is failing;
+ *      spreading by policy over them beats hammering the one that failed
+ *      this call already. A scan that finds every endpoint down remembers
+ *      until when, so that the picks meanwhile skip step 1's O(n) scan;
+ *   3. everything was tried by this call: one that is up before one that is
+ *      down, then the one tried longest ago (earliest in avoid[]).
+ */
+
+struct mu_member {
+    mu_endpoint *ep;
+    mu_pool *pool;
+    struct mu_member *enext;         /* the endpoint's node in its next pool */
+    struct mu_member *bnext, *bprev; /* circular list of one level */
+    uint64_t park_until;             /* parked: down_until_us when parked */
+    uint64_t gen;                    /* mu_pool_set's mark */
+    size_t idx;                      /* position in eps/mem */
+    size_t level;                    /* pending clamped to [0, cap) */
+    size_t hidx;                     /* parked: position in the heap */
+    unsigned char parked;
+    unsigned char fresh; /* made by the running mu_pool_set */
+};
+
+typedef struct mu_member member;
+
+typedef struct levels {
+    member **head; /* per level: first node, or NULL; p->cap entries */
+    size_t min;    /* lowest non-empty level while count > 0 */
+    size_t count;
+} levels;
+
+struct mu_pool {
+    mu_endpoint **eps;
+    member **mem;
+    size_t n;
+    size_t rr;     /* round-robin: next index */
+    size_t cap;    /* levels in up and parked */
+    levels up;     /* not known to be down */
+    levels parked; /* found down by least-pending */
+    member **heap; /* parked nodes, min-heap on park_until; room for n */
+    size_t nheap;
+    uint64_t all_down_until; /* every endpoint is down until then (0: unknown) */
+    uint64_t gen;
+};
+
+enum { INITIAL_LEVELS = 16, RANDOM_TRIES = 8, P2C_DRAWS = 8, LP_BUDGET = 32 };
+
+/* ------------------------------------------------------------------ names */
+
+static const char *const policy_names[] = {"round-robin", "random", "least-pending", "p2c"};
+
+int mu_policy_parse(const char *name)
+{
+    if (!name)
+        return -1;
+    for (size_t i = 0; i < MU_ARRAY_LEN(policy_names); i++)
+        if (strcmp(name, policy_names[i]) == 0)
+            return (int)i;
+    return -1;
+}
+
+const char *mu_policy_name(mu_policy p)
+{
+    if ((unsigned)p < MU_ARRAY_LEN(policy_names))
+        return policy_names[p];
+    return "unknown";
+}
+
+/* ------------------------------------------------------------------ random */
+
+uint64_t mu_rand(uint64_t *state)
+{
+    uint64_t x = *state;
+    if (x == 0) /* a zero state would stay zero */
+        x = 0x9E3779B97F4A7C15ull;
+    x ^= x >> 12;
+    x ^= x << 25;
+    x ^= x >> 27;
+    *state = x;
+    return x * 0x2545F4914F6CDD1Dull;
+}
+
+/* Uniform in [0, n) for n < 2^32, by multiply-shift on the high (best)
+ * bits: no division on the hot path; the bias is below n / 2^32. */
+static size_t rand_below(uint64_t *rng, size_t n)
+{
+    return (size_t)(((mu_rand(rng) >> 32) * (uint64_t)n) >> 32);
+}
+
+/* ------------------------------------------------------------------ levels */
+
+static void lv_link(levels *L, member *m, size_t lvl)
+{
+    member *h = L->head[lvl];
+    if (!h) {
+        m->bnext = m->bprev = m;
+        L->head[lvl] = m;
+    } else { /* at the tail: the last to get a turn at this level */
+        m->bnext = h;
+        m->bprev = h->bprev;
+        h->bprev->bnext = m;
+        h->bprev = m;
+    }
+    m->level = lvl;
+    if (L->count++ == 0 || lvl < L->min)
+        L->min = lvl;
+}
+
+/* Leaves min possibly pointing at an emptied level: lv_fixmin after. */
+static void lv_unlink(levels *L, member *m)
+{
+    size_t lvl = m->level;
+    if (m->bnext == m) {
+        L->head[lvl] = NULL;
+    } else {
+        m->bprev->bnext = m->bnext;
+        m->bnext->bprev = m->bprev;
+        if (L->head[lvl] == m)
+            L->head[lvl] = m->bnext;
+    }
+    m->bnext = m->bprev = NULL;
+    L->count--;
+}
+
+/* Every node sits above an emptied min, so the scan ends; after a move
+ * by delta it takes at most delta steps. */
+static void lv_fixmin(levels *L)
+{
+    if (L->count)
+        while (!L->head[L->min])
+            L->min++;
+}
+
+/* Gives m's level its next turn to the others: m goes to the tail. */
+static void lv_to_tail(levels *L, member *m)
+{
+    member *h = L->head[m->level];
+    if (h == m) {
+        L->head[m->level] = m->bnext;
+        return;
+    }
+    if (h->bprev == m)
+        return;
+    m->bprev->bnext = m->bnext;
+    m->bnext->bprev = m->bprev;
+    m->bnext = h;
+    m->bprev = h->bprev;
+    h->bprev->bnext = m;
+    h->bprev = m;
+}
+
+/* The level for a pending count, growing both level sets if needed (rare,
+ * amortised). If that fails, counts at the top share the top level: their
+ * order among themselves is then only approximate. */
+static size_t level_for(mu_pool *p, int pending)
+{
+    size_t want = pending > 0 ? (size_t)pending : 0;
+    if (want < p->cap)
+        return want;
+    size_t ncap = p->cap * 2;
+    while (ncap <= want)
+        ncap *= 2;
+    member **a = realloc(p->up.head, ncap * sizeof *a);
+    if (!a)
+        return p->cap - 1;
+    p->up.head = a;
+    member **b = realloc(p->parked.head, ncap * sizeof *b);
+    if (!b)
+        return p->cap - 1; /* up.head is merely larger than needed */
+    p->parked.head = b;
+    memset(a + p->cap, 0, (ncap - p->cap) * sizeof *a);
+    memset(b + p->cap, 0, (ncap - p->cap) * sizeof *b);
+    p->cap = ncap;
+    return want;
+}
+
+/* -------------------------------------------------------------------- heap */
+
+static void heap_set(mu_pool *p, size_t i, member *m)
+{
+    p->heap[i] = m;
+    m->hidx = i;
+}
+
+static void heap_up(mu_pool *p, size_t i)
+{
+    member *m = p->heap[i];
+    while (i > 0) {
+        size_t up = (i - 1) / 2;
+        if (p->heap[up]->park_until <= m->park_until)
+            break;
+        heap_set(p, i, p->heap[up]);
+        i = up;
+    }
+    heap_set(p, i, m);
+}
+
+static void heap_down(mu_pool *p, size_t i)
+{
+    member *m = p->heap[i];
+    for (;;) {
+        size_t c = 2 * i + 1;
+        if (c >= p->nheap)
+            break;
+        if (c + 1 < p->nheap && p->heap[c + 1]->park_until < p->heap[c]->park_until)
+            c++;
+        if (m->park_until <= p->heap[c]->park_until)
+            break;
+        heap_set(p, i, p->heap[c]);
+        i = c;
+    }
+    heap_set(p, i, m);
+}
+
+static void heap_push(mu_pool *p, member *m)
+{
+    heap_set(p, p->nheap++, m);
+    heap_up(p, m->hidx);
+}
+
+static void heap_remove(mu_pool *p, member *m)
+{
+    size_t i = m->hidx;
+    member *last = p->heap[--p->nheap];
+    if (last == m)
+        return;
+    heap_set(p, i, last);
+    heap_up(p, i);
+    heap_down(p, last->hidx);
+}
+
+/* ----------------------------------------------------------------- parking */
+
+static void park(mu_pool *p, member *m)
+{
+    lv_unlink(&p->up, m);
+    lv_fixmin(&p->up);
+    m->parked = 1;
+    m->park_until = m->ep->down_until_us;
+    lv_link(&p->parked, m, m->level);
+    heap_push(p, m);
+}
+
+static void unpark(mu_pool *p, member *m)
+{
+    heap_remove(p, m);
+    lv_unlink(&p->parked, m);
+    lv_fixmin(&p->parked);
+    m->parked = 0;
+    lv_link(&p->up, m, m->level);
+}
+
+/* Amortised O(1): each parking is undone once (or re-armed once per
+ * extension of its down time). */
+static void unpark_due(mu_pool *p, uint64_t now)
+{
+    while (p->nheap && p->heap[0]->park_until <= now) {
+        member *m = p->heap[0];
+        if (m->ep->down_until_us > now) { /* extended meanwhile */
+            m->park_until = m->ep->down_until_us;
+            heap_down(p, 0);
+        } else {
+            unpark(p, m);
+        }
+    }
+}
+
+/* ------------------------------------------------------------ pending */
+
+void mu_endpoint_pending_add(mu_endpoint *e, int delta)
+{
+    if (!e || delta == 0)
+        return;
+    e->pending += delta;
+    for (member *m = e->members; m; m = m->enext) {
+        mu_pool *p = m->pool;
+        if (e->down_until_us < p->all_down_until)
+            p->all_down_until = 0; /* it came back early */
+        if (m->parked && e->down_until_us < m->park_until)
+            unpark(p, m); /* re-parked at the next pick if still down */
+        size_t lvl = level_for(p, e->pending);
+        if (lvl == m->level)
+            continue;
+        levels *L = m->parked ? &p->parked : &p->up;
+        lv_unlink(L, m);
+        lv_link(L, m, lvl);
+        lv_fixmin(L);
+    }
+}
+
+/* -------------------------------------------------------------- pool */
+
+mu_pool *mu_pool_new(void)
+{
+    mu_pool *p = calloc(1, sizeof *p);
+    if (!p)
+        return NULL;
+    p->cap = INITIAL_LEVELS;
+    p->up.head = calloc(p->cap, sizeof *p->up.head);
+    p->parked.head = calloc(p->cap, sizeof *p->parked.head);
+    if (!p->up.head || !p->parked.head) {
+        free(p->up.head);
+        free(p->parked.head);
+        free(p);
+        return NULL;
+    }
+    return p;
+}
+
+static void endpoint_unlink(member *m)
+{
+    member **pp = &m->ep->members;
+    while (*pp != m)
+        pp = &(*pp)->enext;
+    *pp = m->enext;
+}
+
+void mu_pool_free(mu_pool *p)
+{
+    if (!p)
+        return;
+    for (size_t i = 0; i < p->n; i++) {
+        endpoint_unlink(p->mem[i]);
+        free(p->mem[i]);
+    }
+    free(p->eps);
+    free(p->mem);
+    free(p->heap);
+    free(p->up.head);
+    free(p->parked.head);
+    free(p);
+}
+
+static member *find_member(mu_endpoint *e, const mu_pool *p)
+{
+    for (member *m = e->members; m; m = m->enext)
+        if (m->pool == p)
+            return m;
+    return NULL;
+}
+
+int mu_pool_set(mu_pool *p, mu_endpoint *const *eps, size_t n)
+{
+    mu_endpoint **neps = NULL;
+    member **nmem = NULL, **nheap = NULL;
+    if (n) {
+        neps = malloc(n * sizeof *neps);
+        nmem = malloc(n * sizeof *nmem);
+        nheap = malloc(n * sizeof *nheap);
+        if (!neps || !nmem || !nheap)
+            goto fail;
+    }
+
+    /* Mark the kept, make the new (linked to their endpoint at once, so a
+     * duplicate in eps is seen as one). */
+    uint64_t gen = ++p->gen;
+    size_t nnew = 0;
+    for (size_t i = 0; i < n; i++) {
+        mu_endpoint *e = eps[i];
+        member *m = find_member(e, p);
+        if (m) {
+            m->gen = gen;
+            continue;
+        }
+        m = calloc(1, sizeof *m);
+        if (!m)
+            goto fail;
+        m->ep = e;
+        m->pool = p;
+        m->gen = gen;
+        m->fresh = 1;
+        m->enext = e->members;
+        e->members = m;
+        nmem[nnew++] = m; /* nmem's tail is free until the commit */
+    }
+    /* Commit. Kept ones keep their order, then the new ones in eps order.
+     * The round-robin cursor goes to the first kept one at or after it, or
+     * else to the first new one (where the removed tail was), or else wraps. */
+    size_t kept = 0;
+    for (size_t i = 0; i < p->n; i++)
+        if (p->mem[i]->gen == gen)
+            kept++;
+    /* Move the new ones (in nmem[0..nnew)) behind the kept ones. */
+    if (nnew)
+        memmove(nmem + kept, nmem, nnew * sizeof *nmem);
+    size_t k = 0, newrr = SIZE_MAX;
+    for (size_t i = 0; i < p->n; i++) {
+        member *m = p->mem[i];
+        if (m->gen != gen) { /* removed */
+            if (m->parked) {
+                heap_remove(p, m);
+                lv_unlink(&p->parked, m);
+                lv_fixmin(&p->parked);
+            } else {
+                lv_unlink(&p->up, m);
+                lv_fixmin(&p->up);
+            }
+            endpoint_unlink(m);
+            free(m);
+            continue;
+        }
+        if (i >= p->rr && newrr == SIZE_MAX)
+            newrr = k;
+        m->idx = k;
+        nmem[k] = m;
+        neps[k++] = m->ep;
+    }
+    for (size_t i = 0; i < nnew; i++) {
+        member *m = nmem[kept + i];
+        m->fresh = 0;
+        m->idx = k;
+        neps[k++] = m->ep;
+        lv_link(&p->up, m, level_for(p, m->ep->pending));
+    }
+    /* nheap: the parked kept ones, in their heap order. */
+    if (p->nheap)
+        memcpy(nheap, p->heap, p->nheap * sizeof *nheap);
+    free(p->eps);
+    free(p->mem);
+    free(p->heap);
+    p->eps = neps;
+    p->mem = nmem;
+    p->heap = nheap;
+    p->rr = newrr == SIZE_MAX ? kept : newrr; /* the first new one, or n: wraps */
+    p->n = k;
+    p->all_down_until = 0;
+    return 0;
+
+fail:
+    /* Undo the new members; nothing else changed. */
+    for (size_t i = 0; i < n && nmem; i++) {
+        member *m = find_member(eps[i], p);
+        if (m && m->fresh) {
+            endpoint_unlink(m);
+            free(m);
+        }
+    }
+    free(neps);
+    free(nmem);
+    free(nheap);
+    return -1;
+}
+
+size_t mu_pool_size(const mu_pool *p)
+{
+    return p ? p->n : 0;
+}
+
+mu_endpoint *mu_pool_get(const mu_pool *p, size_t i)
+{
+    return p && i < p->n ? p->eps[i] : NULL;
+}
+
+/* -------------------------------------------------------------- picking */
+
+typedef struct pick_ctx {
+    mu_endpoint *const *avoid;
+    size_t navoid;
+    uint64_t now;
+    uint64_t *rng;
+    int excl_down; /* step 1 of the preference order */
+} pick_ctx;
+
+static int is_avoided(const pick_ctx *c, const mu_endpoint *e)
+{
+    for (size_t i = 0; i < c->navoid; i++)
+        if (c->avoid[i] == e)
+            return 1;
+    return 0;
+}
+
+static int eligible(const pick_ctx *c, const mu_endpoint *e)
+{
+    if (c->excl_down && e->down_until_us > c->now)
+        return 0;
+    return !c->navoid || !is_avoided(c, e);
+}
+
+enum { SCAN_UNIFORM, SCAN_MIN_PENDING };
+
+/* The fallback: every eligible endpoint, uniformly, or the least pending
+ * with ties broken at random (reservoir sampling: one pass, no memory). */
+static mu_endpoint *scan(mu_pool *p, const pick_ctx *c, int mode)
+{
+    mu_endpoint *best = NULL;
+    size_t ties = 0;
+    for (size_t i = 0; i < p->n; i++) {
+        mu_endpoint *e = p->eps[i];
+        if (!eligible(c, e))
+            continue;
+        if (mode == SCAN_MIN_PENDING && best && e->pending != best->pending) {
+            if (e->pending > best->pending)
+                continue;
+            ties = 0;
+        }
+        if (++ties == 1 || rand_below(c->rng, ties) == 0)
+            best = e;
+    }
+    return best;
+}
+
+/* After step 1 found nothing: if no endpoint at all is up (avoided or not),
+ * remember until when, so that the next picks go straight to step 2. */
+static void note_all_down(mu_pool *p, uint64_t now)
+{
+    uint64_t until = UINT64_MAX;
+    for (size_t i = 0; i < p->n; i++) {
+        uint64_t d = p->eps[i]->down_until_us;
+        if (d <= now)
+            return;
+        if (d < until)
+            until = d;
+    }
+    p->all_down_until = until;
+}
+
+static mu_endpoint *pick_rr(mu_pool *p, const pick_ctx *c)
+{
+    size_t n = p->n, i = p->rr < n ? p->rr : 0;
+    /* Skipping is amortised: the cursor passes each excluded endpoint once
+     * per cycle. */
+    for (size_t k = 0; k < n; k++) {
+        mu_endpoint *e = p->eps[i];
+        if (++i == n)
+            i = 0;
+        if (eligible(c, e)) {
+            p->rr = i;
+            return e;
+        }
+    }
+    return NULL;
+}
+
+static mu_endpoint *pick_random(mu_pool *p, const pick_ctx *c)
+{
+    for (int t = 0; t < RANDOM_TRIES; t++) {
+        mu_endpoint *e = p->eps[rand_below(c->rng, p->n)];
+        if (eligible(c, e))
+            return e;
+    }
+    return scan(p, c, SCAN_UNIFORM);
+}
+
+static mu_endpoint *pick_p2c(mu_pool *p, const pick_ctx *c)
+{
+    size_t n = p->n, ia = SIZE_MAX;
+    for (int t = 0; t < P2C_DRAWS; t++) {
+        size_t i;
+        if (ia == SIZE_MAX) {
+            i = rand_below(c->rng, n);
+        } else { /* distinct from the first */
+            i = rand_below(c->rng, n - 1);
+            if (i >= ia)
+                i++;
+        }
+        mu_endpoint *e = p->eps[i];
+        if (!eligible(c, e))
+            continue;
+        if (ia == SIZE_MAX) {
+            ia = i;
+            continue;
+        }
+        mu_endpoint *a = p->eps[ia];
+        if (a->pending != e->pending)
+            return a->pending < e->pending ? a : e;
+        return (mu_rand(c->rng) >> 63) ? a : e;
+    }
+    if (ia != SIZE_MAX) /* only one eligible seen: nearly all excluded */
+        return p->eps[ia];
+    return scan(p, c, SCAN_MIN_PENDING);
+}
+
+/* Least pending among the endpoints not known to be down: walk up from
+ * the lowest level, parking the down ones met. Avoided nodes are skipped;
+ * once a level has shown more of them than navoid it has been walked round
+ * (eligible nodes return, down ones leave), so only avoided ones remain. */
+static mu_endpoint *pick_lp_up(mu_pool *p, const pick_ctx *c)
+{
+    levels *L = &p->up;
+    unpark_due(p, c->now);
+    int budget = LP_BUDGET;
+    size_t lvl = L->min;
+    while (L->count && lvl < p->cap && budget > 0) {
+        member *m = L->head[lvl];
+        size_t skips = 0;
+        while (m && budget-- > 0) {
+            mu_endpoint *e = m->ep;
+            if (c->navoid && is_avoided(c, e)) {
+                if (++skips > c->navoid)
+                    break;
+                m = m->bnext;
+            } else if (e->down_until_us > c->now) {
+                member *next = m->bnext == m ? NULL : m->bnext;
+                park(p, m);
+                m = next;
+            } else {
+                lv_to_tail(L, m);
+                return e;
+            }
+        }
+        for (lvl++; lvl < p->cap && !L->head[lvl] && budget > 0; lvl++)
+            budget--;
+    }
+    return scan(p, c, SCAN_MIN_PENDING);
+}
+
+/* Step 2 for least-pending: down allowed, so both level sets, merged by
+ * level; nothing is parked or unparked. */
+static mu_endpoint *pick_lp_all(mu_pool *p, const pick_ctx *c)
+{
+    levels *sets[2] = {&p->up, &p->parked};
+    int budget = LP_BUDGET;
+    size_t lvl = SIZE_MAX;
+    for (int s = 0; s < 2; s++)
+        if (sets[s]->count && sets[s]->min < lvl)
+            lvl = sets[s]->min;
+    for (; lvl < p->cap && budget > 0; lvl++) {
+        for (int s = 0; s < 2 && budget > 0; s++) {
+            member *h = sets[s]->head[lvl], *m = h;
+            if (!m)
+                continue;
+            do {
+                if (!c->navoid || !is_avoided(c, m->ep)) {
+                    lv_to_tail(sets[s], m);
+                    return m->ep;
+                }
+                m = m->bnext;
+            } while (m != h && --budget > 0);
+        }
+        budget--;
+    }
+    return scan(p, c, SCAN_MIN_PENDING);
+}
+
+static mu_endpoint *pick_step(mu_pool *p, mu_policy policy, const pick_ctx *c)
+{
+    switch (policy) {
+    case MU_POLICY_RANDOM:
+        return pick_random(p, c);
+    case MU_POLICY_LEAST_PENDING:
+        return c->excl_down ? pick_lp_up(p, c) : pick_lp_all(p, c);
+    case MU_POLICY_P2C:
+        return pick_p2c(p, c);
+    case MU_POLICY_ROUND_ROBIN:
+    default:
+        return pick_rr(p, c);
+    }
+}
+
+/* Step 3: everything was tried by this call. */
+static mu_endpoint *pick_tried(mu_pool *p, const pick_ctx *c)
+{
+    mu_endpoint *best = NULL;
+    size_t best_rank = SIZE_MAX;
+    for (size_t i = 0; i < p->n; i++) {
+        mu_endpoint *e = p->eps[i];
+        size_t pos = 0;
+        while (pos < c->navoid && c->avoid[pos] != e)
+            pos++;
+        size_t rank = (e->down_until_us > c->now ? c->navoid + 1 : 0) + pos;
+        if (rank < best_rank) {
+            best_rank = rank;
+            best = e;
+        }
+    }
+    return best;
+}
+
+mu_endpoint *mu_pool_pick(mu_pool *p, mu_policy policy, mu_endpoint *const *avoid, size_t navoid,
+                          uint64_t now_us, uint64_t *rng)
+{
+    if (!p || !p->n)
+        return NULL;
+    if (p->n == 1)
+        return p->eps[0];
+    pick_ctx c = {avoid, avoid ? navoid : 0, now_us, rng, 1};
+    mu_endpoint *e = NULL;
+    if (now_us >= p->all_down_until) {
+        e = pick_step(p, policy, &c);
+        if (!e)
+            note_all_down(p, now_us);
+    }
+    if (!e) {
+        c.excl_down = 0;
+        e = pick_step(p, policy, &c);
+    }
+    if (!e)
+        e = pick_tried(p, &c);
+    return e;
+}

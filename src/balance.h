@@ -1,0 +1,51 @@
+/*
+ * balance: picking an endpoint for a call. A pool is one method's set of
+ * endpoints plus the per-policy state. Every pick is O(1) (least-pending
+ * keeps endpoints in buckets by pending count), independent of pool size.
+ */
+#ifndef MU_BALANCE_H
+#define MU_BALANCE_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include "endpoint.h"
+
+typedef enum mu_policy {
+    MU_POLICY_ROUND_ROBIN = 0,
+    MU_POLICY_RANDOM = 1,
+    MU_POLICY_LEAST_PENDING = 2,
+    MU_POLICY_P2C = 3, /* power of two choices on pending */
+} mu_policy;
+
+/* Parses "round-robin", "random", "least-pending", "p2c". -1 if unknown. */
+int mu_policy_parse(const char *name);
+const char *mu_policy_name(mu_policy p);
+
+typedef struct mu_pool mu_pool;
+
+mu_pool *mu_pool_new(void);
+/* Removes its index nodes from every endpoint; endpoints are not freed. */
+void mu_pool_free(mu_pool *p);
+/* Makes the pool hold exactly eps[0..n) (no duplicates). Endpoints kept
+ * keep their position and counters. Returns 0, or -1 on allocation failure
+ * (the pool is then unchanged). */
+int mu_pool_set(mu_pool *p, mu_endpoint *const *eps, size_t n);
+size_t mu_pool_size(const mu_pool *p);
+mu_endpoint *mu_pool_get(const mu_pool *p, size_t i);
+
+/* Picks an endpoint by policy. Endpoints in avoid[0..navoid) (already tried
+ * by this call) and endpoints that are down at now_us are skipped while any
+ * other endpoint is available; if all are avoided or down, one of them is
+ * returned anyway (a down endpoint is better than no attempt). NULL only
+ * when the pool is empty. rng is the caller's xorshift state (non-zero). */
+mu_endpoint *mu_pool_pick(mu_pool *p, mu_policy policy, mu_endpoint *const *avoid, size_t navoid,
+                          uint64_t now_us, uint64_t *rng);
+
+/* Changes e->pending by delta (+1 when an attempt starts, -1 when it ends)
+ * and updates the least-pending index of every pool holding e. */
+void mu_endpoint_pending_add(mu_endpoint *e, int delta);
+
+/* xorshift64*, for random and p2c. */
+uint64_t mu_rand(uint64_t *state);
+
+#endif
