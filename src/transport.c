@@ -1,0 +1,465 @@
+#include "config.h"
+#include "transport.h"
+#include "common.h"
+
+#include <assert.h>
+#include <event2/event.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* curl's own default would keep 4 connections per added handle and close
+ * keep-alive connections as handles come and go (see DESIGN.md). */
+#define MU_DEFAULT_MAX_CONNECTIONS 1024L
+
+/* One per socket curl asks us to watch. Recycled through a free list, so a
+ * reconnect costs no malloc once the pool is warm. */
+typedef struct mu_sock {
+    struct event *ev;
+    struct mu_sock *prev, *next; /* live list, or free list (next only) */
+} mu_sock;
+
+struct mu_transport {
+    struct event_base *base;
+    CURLM *multi;
+    struct event *timer;
+    mu_transport_opts opts;
+    mu_sock *live;        /* sockets curl is watching */
+    mu_sock *spare;       /* recycled mu_socks, events not pending */
+    uint64_t conns_opened;
+    size_t running;
+    size_t nxfers;
+};
+
+struct mu_xfer {
+    mu_transport *t;
+    CURL *easy;
+    mu_buf body;          /* response body, reused across attempts */
+    int running;
+    int too_big;
+    int opened_socket;    /* this attempt created a socket */
+    mu_xfer_done_fn done;
+    void *user;
+    mu_xfer_result res;
+    char errbuf[CURL_ERROR_SIZE];
+};
+
+/* ------------------------------------------------------------ sockets */
+
+static void on_socket(evutil_socket_t fd, short what, void *arg);
+static void drain_done(mu_transport *t);
+
+static void sock_unlink(mu_transport *t, mu_sock *s)
+{
+    if (s->prev)
+        s->prev->next = s->next;
+    else
+        t->live = s->next;
+    if (s->next)
+        s->next->prev = s->prev;
+    s->prev = s->next = NULL;
+}
+
+static mu_sock *sock_get(mu_transport *t)
+{
+    mu_sock *s = t->spare;
+    if (s) {
+        t->spare = s->next;
+        s->next = NULL;
+    } else {
+        s = calloc(1, sizeof *s);
+        if (!s)
+            return NULL;
+        /* Placeholder; event_assign() sets the real fd and flags. */
+        s->ev = event_new(t->base, -1, 0, on_socket, t);
+        if (!s->ev) {
+            free(s);
+            return NULL;
+        }
+    }
+    s->prev = NULL;
+    s->next = t->live;
+    if (t->live)
+        t->live->prev = s;
+    t->live = s;
+    return s;
+}
+
+static void sock_put(mu_transport *t, mu_sock *s)
+{
+    event_del(s->ev);
+    sock_unlink(t, s);
+    s->next = t->spare;
+    t->spare = s;
+}
+
+static void sock_list_free(mu_sock *s)
+{
+    while (s) {
+        mu_sock *next = s->next;
+        event_free(s->ev);
+        free(s);
+        s = next;
+    }
+}
+
+static int on_curl_socket(CURL *easy, curl_socket_t fd, int what, void *userp, void *socketp)
+{
+    mu_transport *t = userp;
+    mu_sock *s = socketp;
+    MU_UNUSED(easy);
+
+    if (what == CURL_POLL_REMOVE) {
+        if (s) {
+            sock_put(t, s);
+            curl_multi_assign(t->multi, fd, NULL);
+        }
+        return 0;
+    }
+    if (!s) {
+        s = sock_get(t);
+        if (!s)
+            return -1; /* curl fails the transfer */
+        curl_multi_assign(t->multi, fd, s);
+    } else {
+        event_del(s->ev);
+    }
+    short kind = EV_PERSIST;
+    if (what & CURL_POLL_IN)
+        kind |= EV_READ;
+    if (what & CURL_POLL_OUT)
+        kind |= EV_WRITE;
+    if (event_assign(s->ev, t->base, fd, kind, on_socket, t) != 0 || event_add(s->ev, NULL) != 0)
+        return -1;
+    return 0;
+}
+
+static void on_socket(evutil_socket_t fd, short what, void *arg)
+{
+    mu_transport *t = arg;
+    int action = 0, still;
+    if (what & EV_READ)
+        action |= CURL_CSELECT_IN;
+    if (what & EV_WRITE)
+        action |= CURL_CSELECT_OUT;
+    curl_multi_socket_action(t->multi, fd, action, &still);
+    /* No timer deletion here (hiperfifo's bug): a handle re-added from a
+     * done callback has just armed it. curl says -1 when it wants it gone. */
+    drain_done(t);
+}
+
+/* ------------------------------------------------------------ timer */
+
+static int on_curl_timer(CURLM *multi, long timeout_ms, void *userp)
+{
+    mu_transport *t = userp;
+    MU_UNUSED(multi);
+    if (timeout_ms < 0) {
+        evtimer_del(t->timer);
+        return 0;
+    }
+    struct timeval tv = {
+        .tv_sec = (time_t)(timeout_ms / 1000),
+        .tv_usec = (suseconds_t)((timeout_ms % 1000) * 1000),
+    };
+    return evtimer_add(t->timer, &tv) == 0 ? 0 : -1;
+}
+
+static void on_timer(evutil_socket_t fd, short what, void *arg)
+{
+    mu_transport *t = arg;
+    int still;
+    MU_UNUSED(fd);
+    MU_UNUSED(what);
+    curl_multi_socket_action(t->multi, CURL_SOCKET_TIMEOUT, 0, &still);
+    drain_done(t);
+}
+
+/* ------------------------------------------------------------ completion */
+
+/* Established connections only (a refused connect counts 0), as curl counts. */
+static void count_connects(mu_xfer *x)
+{
+    long n = 0;
+    if (curl_easy_getinfo(x->easy, CURLINFO_NUM_CONNECTS, &n) == CURLE_OK && n > 0)
+        x->t->conns_opened += (uint64_t)n;
+}
+
+static void fill_result(mu_xfer *x, CURLcode code)
+{
+    mu_xfer_result *r = &x->res;
+    CURL *e = x->easy;
+    long status = 0, port = 0;
+    curl_off_t up = 0, total = 0, connect = 0;
+
+    curl_easy_getinfo(e, CURLINFO_RESPONSE_CODE, &status);
+    curl_easy_getinfo(e, CURLINFO_SIZE_UPLOAD_T, &up);
+    curl_easy_getinfo(e, CURLINFO_TOTAL_TIME_T, &total);
+    curl_easy_getinfo(e, CURLINFO_CONNECT_TIME_T, &connect);
+    curl_easy_getinfo(e, CURLINFO_LOCAL_PORT, &port);
+
+    r->code = code;
+    r->http_status = status;
+    /* A reused connection has no connect time of its own, but curl records
+     * the local port of whatever connection carried the transfer. */
+    r->connected = connect > 0 || port > 0;
+    r->sent = up > 0;
+    r->too_big = x->too_big;
+    r->body = x->body.data ? x->body.data : "";
+    r->len = x->body.len;
+    if (x->errbuf[0])
+        r->error = x->errbuf;
+    else
+        r->error = code == CURLE_OK ? "" : curl_easy_strerror(code);
+    r->total_us = total > 0 ? (uint64_t)total : 0;
+}
+
+/* The done callback may start or cancel xfers (this one included), which
+ * adds or removes handles and their queued messages. So every message is
+ * consumed and its xfer detached from curl before the callback runs, and
+ * nothing about the message or the xfer is touched after it. */
+static void drain_done(mu_transport *t)
+{
+    CURLMsg *m;
+    int left;
+    while ((m = curl_multi_info_read(t->multi, &left)) != NULL) {
+        if (m->msg != CURLMSG_DONE)
+            continue;
+        CURL *e = m->easy_handle;
+        CURLcode code = m->data.result;
+        void *priv = NULL;
+        curl_easy_getinfo(e, CURLINFO_PRIVATE, &priv);
+        mu_xfer *x = priv;
+        if (!x || !x->running) /* cannot happen: we only add running xfers */
+            continue;
+        fill_result(x, code);
+        count_connects(x);
+        curl_multi_remove_handle(t->multi, e);
+        x->running = 0;
+        t->running--;
+        mu_xfer_done_fn done = x->done;
+        void *user = x->user;
+        x->done = NULL;
+        x->user = NULL;
+        if (done)
+            done(x, &x->res, user);
+    }
+}
+
+/* ------------------------------------------------------------ transport */
+
+mu_transport *mu_transport_new(struct event_base *base, const mu_transport_opts *opts)
+{
+    if (!base)
+        return NULL;
+    mu_transport *t = calloc(1, sizeof *t);
+    if (!t)
+        return NULL;
+    t->base = base;
+    if (opts)
+        t->opts = *opts;
+    if (t->opts.max_connections <= 0)
+        t->opts.max_connections = MU_DEFAULT_MAX_CONNECTIONS;
+    if (t->opts.max_host_connections < 0)
+        t->opts.max_host_connections = 0;
+
+    t->timer = evtimer_new(base, on_timer, t);
+    t->multi = curl_multi_init();
+    if (!t->timer || !t->multi)
+        goto fail;
+    CURLMcode rc = CURLM_OK;
+    if (!rc) rc = curl_multi_setopt(t->multi, CURLMOPT_SOCKETFUNCTION, on_curl_socket);
+    if (!rc) rc = curl_multi_setopt(t->multi, CURLMOPT_SOCKETDATA, t);
+    if (!rc) rc = curl_multi_setopt(t->multi, CURLMOPT_TIMERFUNCTION, on_curl_timer);
+    if (!rc) rc = curl_multi_setopt(t->multi, CURLMOPT_TIMERDATA, t);
+    if (!rc) rc = curl_multi_setopt(t->multi, CURLMOPT_MAXCONNECTS, t->opts.max_connections);
+    if (!rc)
+        rc = curl_multi_setopt(t->multi, CURLMOPT_MAX_HOST_CONNECTIONS,
+                               t->opts.max_host_connections);
+    if (rc != CURLM_OK)
+        goto fail;
+    return t;
+
+fail:
+    if (t->multi)
+        curl_multi_cleanup(t->multi);
+    if (t->timer)
+        event_free(t->timer);
+    free(t);
+    return NULL;
+}
+
+void mu_transport_free(mu_transport *t)
+{
+    if (!t)
+        return;
+    assert(t->nxfers == 0);
+    /* Closing the cached connections may still call our socket and timer
+     * callbacks, so those stay valid until the multi handle is gone. */
+    curl_multi_cleanup(t->multi);
+    sock_list_free(t->live);
+    sock_list_free(t->spare);
+    event_free(t->timer);
+    free(t);
+}
+
+uint64_t mu_transport_connections_opened(const mu_transport *t)
+{
+    return t ? t->conns_opened : 0;
+}
+
+size_t mu_transport_running(const mu_transport *t)
+{
+    return t ? t->running : 0;
+}
+
+/* ------------------------------------------------------------ xfers */
+
+/* Notes that this attempt opened a socket, so that a cancel knows whether
+ * CURLINFO_NUM_CONNECTS describes this attempt or is left from the last. */
+static int on_sockopt(void *arg, curl_socket_t fd, curlsocktype purpose)
+{
+    mu_xfer *x = arg;
+    MU_UNUSED(fd);
+    if (purpose == CURLSOCKTYPE_IPCXN)
+        x->opened_socket = 1;
+    return CURL_SOCKOPT_OK;
+}
+
+static size_t on_write(char *p, size_t size, size_t nmemb, void *arg)
+{
+    mu_xfer *x = arg;
+    size_t n = size * nmemb;
+    size_t max = x->t->opts.max_response;
+    if (max && (n > max || x->body.len > max - n)) {
+        x->too_big = 1;
+        return 0; /* CURLE_WRITE_ERROR */
+    }
+    if (mu_buf_append(&x->body, p, n) != 0)
+        return 0;
+    return n;
+}
+
+mu_xfer *mu_xfer_new(mu_transport *t)
+{
+    if (!t)
+        return NULL;
+    mu_xfer *x = calloc(1, sizeof *x);
+    if (!x)
+        return NULL;
+    x->t = t;
+    x->easy = curl_easy_init();
+    if (!x->easy) {
+        free(x);
+        return NULL;
+    }
+    CURL *e = x->easy;
+    CURLcode rc = CURLE_OK;
+    if (!rc) rc = curl_easy_setopt(e, CURLOPT_PRIVATE, (void *)x);
+    if (!rc) rc = curl_easy_setopt(e, CURLOPT_ERRORBUFFER, x->errbuf);
+    if (!rc) rc = curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+    if (!rc) rc = curl_easy_setopt(e, CURLOPT_TCP_NODELAY, 1L);
+    /* "" disables proxies, including the http_proxy environment variables. */
+    if (!rc) rc = curl_easy_setopt(e, CURLOPT_PROXY, "");
+    if (!rc) rc = curl_easy_setopt(e, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_1_1);
+#if LIBCURL_VERSION_NUM >= 0x075500 /* 7.85.0 */
+    if (!rc) rc = curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http");
+    if (!rc) rc = curl_easy_setopt(e, CURLOPT_REDIR_PROTOCOLS_STR, "http");
+#else
+    if (!rc) rc = curl_easy_setopt(e, CURLOPT_PROTOCOLS, (long)CURLPROTO_HTTP);
+    if (!rc) rc = curl_easy_setopt(e, CURLOPT_REDIR_PROTOCOLS, (long)CURLPROTO_HTTP);
+#endif
+    if (!rc) rc = curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L);
+    if (!rc) rc = curl_easy_setopt(e, CURLOPT_FORBID_REUSE, 0L);
+    if (!rc) rc = curl_easy_setopt(e, CURLOPT_FRESH_CONNECT, 0L);
+    if (!rc) rc = curl_easy_setopt(e, CURLOPT_POST, 1L);
+    if (!rc) rc = curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_write);
+    if (!rc) rc = curl_easy_setopt(e, CURLOPT_WRITEDATA, (void *)x);
+    if (!rc) rc = curl_easy_setopt(e, CURLOPT_SOCKOPTFUNCTION, on_sockopt);
+    if (!rc) rc = curl_easy_setopt(e, CURLOPT_SOCKOPTDATA, (void *)x);
+    if (!rc && t->opts.connect_timeout_ms > 0)
+        rc = curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, t->opts.connect_timeout_ms);
+    if (rc != CURLE_OK) {
+        curl_easy_cleanup(e);
+        free(x);
+        return NULL;
+    }
+    x->res.body = "";
+    x->res.error = "";
+    t->nxfers++;
+    return x;
+}
+
+void mu_xfer_free(mu_xfer *x)
+{
+    if (!x)
+        return;
+    mu_xfer_cancel(x);
+    curl_easy_cleanup(x->easy);
+    mu_buf_free(&x->body);
+    x->t->nxfers--;
+    free(x);
+}
+
+int mu_xfer_start(mu_xfer *x, const char *url, const char *body, size_t len,
+                  const struct curl_slist *headers, long timeout_ms, mu_xfer_done_fn done,
+                  void *user)
+{
+    /* Starting a running xfer is a caller bug; refuse rather than silently
+     * dropping the running exchange's callback. */
+    if (!x || x->running || !url)
+        return -1;
+    CURL *e = x->easy;
+    mu_buf_reset(&x->body);
+    x->too_big = 0;
+    x->opened_socket = 0;
+    x->errbuf[0] = '\0';
+    memset(&x->res, 0, sizeof x->res);
+    x->res.body = "";
+    x->res.error = "";
+
+    CURLcode rc = CURLE_OK;
+    if (!rc) rc = curl_easy_setopt(e, CURLOPT_URL, url);
+    /* Size before data: setting the size can drop a previous POSTFIELDS. */
+    if (!rc) rc = curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)len);
+    if (!rc) rc = curl_easy_setopt(e, CURLOPT_POSTFIELDS, body ? body : "");
+    if (!rc) rc = curl_easy_setopt(e, CURLOPT_HTTPHEADER, (struct curl_slist *)headers);
+    if (!rc) rc = curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, timeout_ms > 0 ? timeout_ms : 0L);
+    if (rc != CURLE_OK)
+        return -1;
+
+    x->done = done;
+    x->user = user;
+    x->running = 1;
+    x->t->running++;
+    /* Arms the timer (0 ms); the transfer begins from the event loop, so no
+     * callback can fire from in here. */
+    if (curl_multi_add_handle(x->t->multi, e) != CURLM_OK) {
+        x->running = 0;
+        x->t->running--;
+        x->done = NULL;
+        x->user = NULL;
+        return -1;
+    }
+    return 0;
+}
+
+void mu_xfer_cancel(mu_xfer *x)
+{
+    if (!x || !x->running)
+        return;
+    /* A cancel before the attempt opened a socket may see the previous
+     * attempt's info; it cannot have established anything itself. */
+    if (x->opened_socket)
+        count_connects(x);
+    /* Removing the handle also drops a DONE message still queued for it. */
+    curl_multi_remove_handle(x->t->multi, x->easy);
+    x->running = 0;
+    x->t->running--;
+    x->done = NULL;
+    x->user = NULL;
+}
+
+int mu_xfer_running(const mu_xfer *x)
+{
+    return x ? x->running : 0;
+}

@@ -1,0 +1,68 @@
+/*
+ * transport: HTTP POSTs over libcurl multi, driven by the caller's libevent
+ * event_base (the multi-event.c pattern: one event per socket, one timer,
+ * curl_multi_info_read drained after every action). Easy handles live in
+ * xfers that are reused across attempts; connections are kept alive in the
+ * multi handle's cache, sized from our own connection budget.
+ */
+#ifndef MU_TRANSPORT_H
+#define MU_TRANSPORT_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <curl/curl.h>
+
+struct event_base;
+
+typedef struct mu_transport_opts {
+    long max_host_connections;  /* CURLMOPT_MAX_HOST_CONNECTIONS; 0 = unlimited */
+    long max_connections;       /* CURLMOPT_MAXCONNECTS (cache size); 0 = default 1024 */
+    long connect_timeout_ms;    /* per attempt; 0 = curl default */
+    size_t max_response;        /* body bytes before the transfer is aborted (too_big) */
+} mu_transport_opts;
+
+typedef struct mu_transport mu_transport;
+typedef struct mu_xfer mu_xfer;
+
+/* What one finished exchange produced. Valid until the xfer is restarted or freed. */
+typedef struct mu_xfer_result {
+    CURLcode code;          /* CURLE_OK or the failure */
+    long http_status;       /* 0 when no response line was received */
+    int connected;          /* a TCP connection was established (or reused) */
+    int sent;               /* request bytes reached the socket (CURLINFO_SIZE_UPLOAD_T > 0) */
+    int too_big;            /* aborted: body exceeded max_response */
+    const char *body;       /* response body (NUL-terminated), len bytes */
+    size_t len;
+    const char *error;      /* curl's error text, "" if none */
+    uint64_t total_us;      /* CURLINFO_TOTAL_TIME_T */
+} mu_xfer_result;
+
+/* Called once per started exchange, from inside the transport's event
+ * handling (never from within mu_xfer_start). It may start this or another
+ * xfer, or cancel other xfers, but must not free the transport. */
+typedef void (*mu_xfer_done_fn)(mu_xfer *x, const mu_xfer_result *res, void *user);
+
+mu_transport *mu_transport_new(struct event_base *base, const mu_transport_opts *opts);
+/* All xfers must have been freed first. Not from inside a done callback. */
+void mu_transport_free(mu_transport *t);
+
+mu_xfer *mu_xfer_new(mu_transport *t);
+/* Cancels the exchange if one is running (no callback), frees the handle. */
+void mu_xfer_free(mu_xfer *x);
+
+/* Starts POST url with body[0..len) and headers (all borrowed: they must stay
+ * valid until the done callback or mu_xfer_cancel). timeout_ms bounds the
+ * whole exchange. Returns 0, or -1 if curl refused (x is then idle). */
+int mu_xfer_start(mu_xfer *x, const char *url, const char *body, size_t len,
+                  const struct curl_slist *headers, long timeout_ms, mu_xfer_done_fn done,
+                  void *user);
+/* Stops a running exchange; the done callback will not fire. No-op if idle. */
+void mu_xfer_cancel(mu_xfer *x);
+int mu_xfer_running(const mu_xfer *x);
+
+/* Connections opened so far (sum of CURLINFO_NUM_CONNECTS), for tests and benches. */
+uint64_t mu_transport_connections_opened(const mu_transport *t);
+/* Exchanges currently running. */
+size_t mu_transport_running(const mu_transport *t);
+
+#endif
