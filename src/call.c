@@ -1,0 +1,624 @@
+/*
+ * call: one call's life. Resolve, wait for discovery (bounded by the
+ * deadline), pick, send, classify the outcome, retry on another endpoint
+ * when that is safe, and deliver the result exactly once.
+ *
+ * User callbacks only ever run from the client's drain event, from
+ * mu_call_cancel() or from mu_client_free(): never deep inside curl or
+ * ZooKeeper, so a callback may free the client or cancel any call.
+ */
+#include "config.h"
+
+#include <event2/event.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "client.h"
+
+typedef struct mu_call_handle call_t;
+
+enum call_state {
+    C_WAITING,  /* for its group's first load */
+    C_RUNNING,  /* an attempt is in flight */
+    C_DONE,     /* outcome known, queued for delivery */
+    C_DELIVERING,
+};
+
+struct mu_call_handle {
+    mu_client *c;
+    struct mu_call_handle *prev, *next; /* c->live */
+    struct mu_call_handle *qnext;       /* done queue, or the group's waiters */
+    enum call_state state;
+    mu_target *t;
+    mu_call_cb cb;
+    void *user;
+    mu_buf body;
+    size_t prefix_len;
+    mu_xfer *x;
+    struct event *timer; /* the deadline */
+    struct curl_slist *hdrs; /* per attempt, 1.0.4+ only */
+    mu_endpoint *ep;     /* the attempt in flight holds ep->pending */
+    mu_endpoint *tried[8];
+    int ntried;
+    int attempts, max_attempts, idempotent, timeout_ms;
+    mu_policy policy;
+    uint64_t start_us, deadline_us;
+    char request_id[40];
+    /* outcome */
+    mu_status status;
+    long http_status;
+    char endpoint[72];
+    char detail[320];
+    mu_decoder dec;
+    mu_reply reply;
+};
+
+#define MAX_SPARES 4096
+
+
+static void on_deadline(evutil_socket_t fd, short what, void *arg);
+static void start_attempt(call_t *k);
+
+/* --------------------------------------------------------------- plumbing */
+
+static void live_unlink(call_t *k)
+{
+    mu_client *c = k->c;
+    if (k->prev)
+        k->prev->next = k->next;
+    else
+        c->live = k->next;
+    if (k->next)
+        k->next->prev = k->prev;
+    k->prev = k->next = NULL;
+}
+
+static void recycle(call_t *k)
+{
+    mu_client *c = k->c;
+    live_unlink(k);
+    if (k->hdrs) {
+        curl_slist_free_all(k->hdrs);
+        k->hdrs = NULL;
+    }
+    if (c->nspare < MAX_SPARES && !c->dying) {
+        k->qnext = c->spare;
+        c->spare = k;
+        c->nspare++;
+        return;
+    }
+    mu_xfer_free(k->x);
+    event_free(k->timer);
+    mu_buf_free(&k->body);
+    mu_decoder_cleanup(&k->dec);
+    free(k);
+}
+
+void mu_calls_free_spares(mu_client *c)
+{
+    while (c->spare) {
+        call_t *k = c->spare;
+        c->spare = k->qnext;
+        mu_xfer_free(k->x);
+        event_free(k->timer);
+        mu_buf_free(&k->body);
+        mu_decoder_cleanup(&k->dec);
+        free(k);
+    }
+    c->nspare = 0;
+}
+
+static call_t *call_get(mu_client *c)
+{
+    call_t *k = c->spare;
+    if (k) {
+        c->spare = k->qnext;
+        c->nspare--;
+    } else {
+        k = calloc(1, sizeof *k);
+        if (!k)
+            return NULL;
+        k->c = c;
+        k->x = mu_xfer_new(c->tp);
+        k->timer = evtimer_new(c->base, on_deadline, k);
+        if (!k->x || !k->timer) {
+            if (k->x)
+                mu_xfer_free(k->x);
+            if (k->timer)
+                event_free(k->timer);
+            free(k);
+            return NULL;
+        }
+        mu_decoder_init(&k->dec, c->s.max_response);
+    }
+    k->qnext = NULL;
+    k->ep = NULL;
+    k->ntried = 0;
+    k->attempts = 0;
+    k->http_status = 0;
+    k->endpoint[0] = '\0';
+    k->detail[0] = '\0';
+    k->status = MU_OK;
+    memset(&k->reply, 0, sizeof k->reply);
+    mu_buf_reset(&k->body);
+    k->next = c->live;
+    k->prev = NULL;
+    if (c->live)
+        c->live->prev = k;
+    c->live = k;
+    return k;
+}
+
+/* Ends the attempt in flight, if any: gives back the endpoint's pending slot. */
+static void end_attempt(call_t *k)
+{
+    if (!k->ep)
+        return;
+    mu_endpoint *e = k->ep;
+    k->ep = NULL;
+    mu_endpoint_pending_add(e, -1);
+    mu_view_endpoint_release(k->c->view, e);
+}
+
+static void waiters_remove(call_t *k)
+{
+    call_t **pp = (call_t **)&k->t->g->waiters;
+    while (*pp && *pp != k)
+        pp = &(*pp)->qnext;
+    if (*pp)
+        *pp = k->qnext;
+    k->qnext = NULL;
+}
+
+/* Stops whatever the call is doing (wait, attempt, deadline). */
+static void stop(call_t *k)
+{
+    evtimer_del(k->timer);
+    if (k->state == C_WAITING)
+        waiters_remove(k);
+    if (k->state == C_RUNNING) {
+        mu_xfer_cancel(k->x);
+        end_attempt(k);
+    }
+}
+
+/* Records the outcome and queues the call for delivery. */
+static void finish(call_t *k, mu_status st, const char *fmt, ...) MU_PRINTF(3, 4);
+static void finish(call_t *k, mu_status st, const char *fmt, ...)
+{
+    mu_client *c = k->c;
+    stop(k);
+    k->status = st;
+    if (fmt) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(k->detail, sizeof k->detail, fmt, ap);
+        va_end(ap);
+    }
+    k->state = C_DONE;
+    k->qnext = NULL;
+    if (c->done_tail)
+        c->done_tail->qnext = k;
+    else
+        c->done_head = k;
+    c->done_tail = k;
+    event_active(c->drain, EV_TIMEOUT, 0);
+}
+
+static void deliver(call_t *k)
+{
+    mu_client *c = k->c;
+    mu_result r;
+    memset(&r, 0, sizeof r);
+    r.status = k->status;
+    r.result = "null";
+    r.result_len = 4;
+    if (k->status == MU_OK) {
+        r.result = k->reply.result;
+        r.result_len = k->reply.result_len;
+    } else if (k->status == MU_EREMOTE) {
+        r.error_name = k->reply.err_name;
+        r.error_code = k->reply.err_code;
+        r.error_message = k->reply.err_message;
+    }
+    r.endpoint = k->endpoint[0] ? k->endpoint : NULL;
+    r.attempts = k->attempts;
+    r.http_status = k->http_status;
+    r.latency_us = mu_now_us() - k->start_us;
+    r.detail = k->status == MU_OK ? "" : k->detail;
+    if (k->status == MU_OK)
+        c->stats.calls_ok++;
+    else
+        c->stats.calls_failed++;
+    k->state = C_DELIVERING;
+    c->depth++;
+    k->cb(&r, k->user);
+    c->depth--;
+    recycle(k);
+}
+
+/* The result text must be NUL-terminated for users: it is a slice of the
+ * decoded document, followed in memory by more JSON, so copy when needed. */
+static void terminate_result(call_t *k)
+{
+    mu_reply *r = &k->reply;
+    if (k->status != MU_OK || r->result[r->result_len] == '\0')
+        return;
+    /* The scratch buffer is ours until the next decode. */
+    mu_buf *s = &k->dec.scratch;
+    size_t off = s->len;
+    if (mu_buf_append(s, r->result, r->result_len) != 0 || mu_buf_append(s, "", 1) != 0) {
+        k->status = MU_ENOMEM;
+        mu_fmt(k->detail, sizeof k->detail, "out of memory copying a result of %zu bytes",
+               r->result_len);
+        return;
+    }
+    /* Error strings also point into scratch: they are not used on success. */
+    r->result = s->data + off;
+}
+
+void mu_calls_drain(mu_client *c)
+{
+    while (c->done_head && !c->dying) {
+        call_t *k = c->done_head;
+        c->done_head = k->qnext;
+        if (!c->done_head)
+            c->done_tail = NULL;
+        deliver(k);
+    }
+    for (mu_watch *w = c->watches; w && !c->dying; w = w->next) {
+        if (!w->dirty)
+            continue;
+        w->dirty = 0;
+        c->depth++;
+        w->fn(w->target, mu_pool_size(w->g->pool), w->user);
+        c->depth--;
+    }
+}
+
+/* ------------------------------------------------------------- attempts */
+
+static int retryable_budget(call_t *k)
+{
+    return k->attempts < k->max_attempts && mu_now_us() + 1000 < k->deadline_us;
+}
+
+static void mark_down(call_t *k, mu_endpoint *e)
+{
+    e->failures++;
+    e->fail_streak++;
+    unsigned shift = e->fail_streak > 6 ? 5 : e->fail_streak - 1;
+    uint64_t ms = (uint64_t)k->c->s.eject_ms << shift;
+    if (ms > 30000)
+        ms = 30000;
+    e->down_until_us = mu_now_us() + ms * 1000u;
+}
+
+static void on_xfer_done(mu_xfer *x, const mu_xfer_result *res, void *user)
+{
+    MU_UNUSED(x);
+    call_t *k = user;
+    mu_client *c = k->c;
+    mu_endpoint *e = k->ep;
+    k->http_status = res->http_status;
+    int retry = 0;
+    mu_status st;
+    char why[300];
+    why[0] = '\0';
+
+    if (res->code == CURLE_OK && !res->too_big) {
+        e->fail_streak = 0;
+        e->down_until_us = 0;
+        st = mu_decode_response(&k->dec, res->body, res->len, res->http_status, k->request_id,
+                                &k->reply);
+        if (st == MU_OK) {
+            terminate_result(k);
+            end_attempt(k);
+            finish(k, k->status, NULL);
+            return;
+        }
+        mu_fmt(why, sizeof why, "%s from %s", k->reply.detail, e->key);
+        /* A 5xx without a microutil body, or a body we cannot read, may mean
+         * the method ran: only an idempotent call may run it again. */
+        retry = k->idempotent && (st == MU_EPROTOCOL || (st == MU_EHTTP && res->http_status >= 500));
+    } else if (res->too_big) {
+        st = MU_ETOOBIG;
+        mu_fmt(why, sizeof why, "response from %s is over max_response_bytes (%zu)", e->key,
+               c->s.max_response);
+    } else if (!res->sent) {
+        /* Nothing reached the provider: always safe to try another. */
+        st = MU_ECONNECT;
+        mu_fmt(why, sizeof why, "connect to %s failed: %s", e->key,
+               res->error[0] ? res->error : curl_easy_strerror(res->code));
+        mark_down(k, e);
+        retry = 1;
+    } else if (res->code == CURLE_OPERATION_TIMEDOUT) {
+        st = MU_ETIMEDOUT;
+        mu_fmt(why, sizeof why, "no answer from %s within %d ms", e->key, k->timeout_ms);
+        e->failures++;
+        retry = k->idempotent;
+    } else {
+        st = MU_ETRANSPORT;
+        mu_fmt(why, sizeof why, "connection to %s failed after the request was sent: %s", e->key,
+               res->error[0] ? res->error : curl_easy_strerror(res->code));
+        e->failures++;
+        retry = k->idempotent;
+    }
+    end_attempt(k);
+    if (retry && retryable_budget(k)) {
+        c->stats.retries++;
+        mu_log(&c->log, MU_LOG_INFO, "%s: attempt %d: %s; retrying", k->t->g->path, k->attempts,
+               why);
+        start_attempt(k);
+        return;
+    }
+    if (retry && k->attempts < k->max_attempts)
+        finish(k, st, "%s; deadline reached after %d attempt(s)", why, k->attempts);
+    else if (!retry && k->attempts > 1 && st != MU_EREMOTE)
+        finish(k, st, "%s (attempt %d of %d%s)", why, k->attempts, k->max_attempts,
+               (st == MU_ETIMEDOUT || st == MU_ETRANSPORT) && !k->idempotent
+                   ? "; not retried: the call is not idempotent"
+                   : "");
+    else if (!retry && (st == MU_ETIMEDOUT || st == MU_ETRANSPORT) && !k->idempotent)
+        finish(k, st, "%s; not retried: the call is not idempotent", why);
+    else
+        finish(k, st, "%s after %d attempt(s)", why, k->attempts);
+}
+
+static void start_attempt(call_t *k)
+{
+    mu_client *c = k->c;
+    mu_group *g = k->t->g;
+    uint64_t now = mu_now_us();
+    mu_endpoint *e = mu_pool_pick(g->pool, k->policy, k->tried, (size_t)k->ntried, now, &c->rng);
+    if (!e) {
+        if (g->is_static)
+            finish(k, MU_ENOPROVIDER, "no static provider for %s", g->path);
+        else
+            finish(k, MU_ENOPROVIDER, "no provider registered under %s", g->path);
+        return;
+    }
+    if (now >= k->deadline_us) {
+        finish(k, MU_ETIMEDOUT, "deadline passed before attempt %d", k->attempts + 1);
+        return;
+    }
+    long remaining_ms = (long)((k->deadline_us - now + 999) / 1000);
+    long timeout = k->timeout_ms < remaining_ms ? k->timeout_ms : remaining_ms;
+
+    c->id_seq++;
+    snprintf(k->request_id, sizeof k->request_id, "%08x-%04x-%04x-%04x-%012llx",
+             (unsigned)(c->id_hi >> 32), (unsigned)(c->id_hi >> 16) & 0xffffu,
+             (unsigned)c->id_hi & 0xffffu, (unsigned)(c->id_seq >> 48) & 0xffffu,
+             (unsigned long long)(c->id_seq & 0xffffffffffffull));
+    if (mu_encode_request_finish(&k->body, k->prefix_len, k->request_id) != 0) {
+        finish(k, MU_ENOMEM, "out of memory encoding the request");
+        return;
+    }
+    const struct curl_slist *hdrs = c->headers;
+    if (c->s.json_headers) {
+        char line[128], tok[MU_AUTH_TOKEN_LEN + 1];
+        if (k->hdrs)
+            curl_slist_free_all(k->hdrs);
+        k->hdrs = NULL;
+        struct curl_slist *h = NULL;
+        if (mu_auth_token(c->s.auth_token, k->request_id, tok) != 0 ||
+            !(h = curl_slist_append(NULL, "Content-Type: application/json")) ||
+            !(h = curl_slist_append(h, "Accept: application/json")) ||
+            !(h = curl_slist_append(h, "Expect:"))) {
+            curl_slist_free_all(h);
+            finish(k, MU_ENOMEM, "out of memory building headers");
+            return;
+        }
+        k->hdrs = h;
+        mu_fmt(line, sizeof line, "micro-request-id: %s", k->request_id);
+        h = curl_slist_append(k->hdrs, line);
+        mu_fmt(line, sizeof line, "micro-auth-token: %s", tok);
+        h = h ? curl_slist_append(h, line) : NULL;
+        if (!h) {
+            finish(k, MU_ENOMEM, "out of memory building headers");
+            return;
+        }
+        hdrs = k->hdrs;
+    }
+    mu_endpoint_pending_add(e, +1);
+    e->calls++;
+    k->ep = e;
+    if ((size_t)k->ntried < MU_ARRAY_LEN(k->tried))
+        k->tried[k->ntried++] = e;
+    k->attempts++;
+    c->stats.attempts++;
+    memcpy(k->endpoint, e->key, sizeof k->endpoint);
+    k->state = C_RUNNING;
+    if (mu_xfer_start(k->x, e->url, k->body.data, k->body.len, hdrs, timeout, on_xfer_done, k) != 0) {
+        end_attempt(k);
+        finish(k, MU_ETRANSPORT, "the HTTP transport refused the request to %s", e->key);
+    }
+}
+
+/* ---------------------------------------------------------- entry points */
+
+static void on_deadline(evutil_socket_t fd, short what, void *arg)
+{
+    MU_UNUSED(fd);
+    MU_UNUSED(what);
+    call_t *k = arg;
+    mu_client *c = k->c;
+    int ms = (int)((k->deadline_us - k->start_us) / 1000);
+    if (k->state == C_WAITING) {
+        mu_group *g = k->t->g;
+        if (c->reg && !mu_registry_connected(c->reg))
+            finish(k, MU_EDISCOVERY,
+                   "providers of %s not loaded within the %d ms deadline: ZooKeeper %s is not "
+                   "reachable",
+                   g->path, ms, mu_registry_hosts(c->reg));
+        else
+            finish(k, MU_EDISCOVERY, "providers of %s not loaded within the %d ms deadline",
+                   g->path, ms);
+    } else if (k->state == C_RUNNING) {
+        char ep[72];
+        memcpy(ep, k->endpoint, sizeof ep);
+        finish(k, MU_ETIMEDOUT, "deadline of %d ms passed during attempt %d (to %s)", ms,
+               k->attempts, ep);
+    }
+}
+
+void mu_calls_group_changed(mu_client *c, mu_group *g)
+{
+    MU_UNUSED(c);
+    call_t *k = g->waiters;
+    g->waiters = NULL;
+    while (k) {
+        call_t *next = k->qnext;
+        k->qnext = NULL;
+        k->state = C_RUNNING; /* no longer waiting; start_attempt sets the rest */
+        if (g->state == MU_GROUP_NONODE)
+            finish(k, MU_ENOPROVIDER, "no provider registered: %s does not exist", g->path);
+        else
+            start_attempt(k);
+        k = next;
+    }
+}
+
+static int parse_json_arg(mu_client *c, const char **text, size_t *len, const char *dflt, char want)
+{
+    if (!*text) {
+        *text = dflt;
+        *len = 2;
+        return 0;
+    }
+    *len = strlen(*text);
+    char err[200];
+    if (mu_json_check(*text, *len, want, err, sizeof err) != 0) {
+        mu_fmt(c->errmsg, sizeof c->errmsg, "%s", err);
+        return -1;
+    }
+    return 0;
+}
+
+void mu_call_opts_init(mu_call_opts *opts)
+{
+    static const mu_call_opts init = MU_CALL_OPTS_INIT;
+    if (opts)
+        *opts = init;
+}
+
+mu_status mu_call(mu_client *c, const char *target, const char *args, const char *kwargs,
+                  const mu_call_opts *opts, mu_call_cb cb, void *user, mu_call_handle **handle)
+{
+    if (!c)
+        return MU_EINVAL;
+    if (c->dying) {
+        mu_fmt(c->errmsg, sizeof c->errmsg, "mu_call: the client is being freed");
+        return MU_EINVAL;
+    }
+    if (!target || !cb) {
+        mu_fmt(c->errmsg, sizeof c->errmsg, "mu_call: target and callback must not be NULL");
+        return MU_EINVAL;
+    }
+    size_t alen, klen;
+    if (parse_json_arg(c, &args, &alen, "[]", '[') != 0 ||
+        parse_json_arg(c, &kwargs, &klen, "{}", '{') != 0)
+        return MU_EINVAL;
+    mu_call_opts o = MU_CALL_OPTS_INIT;
+    if (opts) {
+        size_t n = opts->size < sizeof o ? opts->size : sizeof o;
+        if (n < sizeof(size_t)) {
+            mu_fmt(c->errmsg, sizeof c->errmsg, "mu_call: opts->size is not set (use MU_CALL_OPTS_INIT)");
+            return MU_EINVAL;
+        }
+        memcpy(&o, opts, n);
+    }
+    int policy = -1;
+    if (o.policy && (policy = mu_policy_parse(o.policy)) < 0) {
+        mu_fmt(c->errmsg, sizeof c->errmsg,
+               "mu_call: unknown policy '%s' (round-robin, random, least-pending, p2c)", o.policy);
+        return MU_EINVAL;
+    }
+    if (o.timeout_ms < 0 || o.deadline_ms < 0 || o.retries > 10 || o.retries < -1) {
+        mu_fmt(c->errmsg, sizeof c->errmsg,
+               "mu_call: bad option (timeout_ms and deadline_ms >= 0, retries -1 to 10)");
+        return MU_EINVAL;
+    }
+    mu_target *t = mu_client_target(c, target);
+    if (!t)
+        return strstr(c->errmsg, "memory") ? MU_ENOMEM : MU_EINVAL;
+
+    call_t *k = call_get(c);
+    if (!k) {
+        mu_fmt(c->errmsg, sizeof c->errmsg, "out of memory");
+        return MU_ENOMEM;
+    }
+    if (mu_encode_request_prefix(&c->enc, &k->body, target + t->split + 1,
+                                 strlen(target + t->split + 1), args, alen, kwargs, klen) != 0) {
+        recycle(k);
+        mu_fmt(c->errmsg, sizeof c->errmsg, "out of memory");
+        return MU_ENOMEM;
+    }
+    k->prefix_len = k->body.len;
+    k->t = t;
+    k->cb = cb;
+    k->user = user;
+    k->policy = policy >= 0 ? (mu_policy)policy : t->policy;
+    k->idempotent = o.idempotent >= 0 ? (o.idempotent != 0) : t->idempotent;
+    k->timeout_ms = o.timeout_ms ? o.timeout_ms : c->s.timeout_ms;
+    k->max_attempts = 1 + (o.retries >= 0 ? o.retries : c->s.retries);
+    int deadline_ms = o.deadline_ms ? o.deadline_ms : c->s.deadline_ms;
+    k->start_us = mu_now_us();
+    k->deadline_us = k->start_us + (uint64_t)deadline_ms * 1000u;
+    struct timeval tv = {deadline_ms / 1000, (deadline_ms % 1000) * 1000};
+    evtimer_add(k->timer, &tv);
+    c->stats.calls_started++;
+    if (handle)
+        *handle = k;
+
+    mu_group *g = t->g;
+    if (g->state == MU_GROUP_LOADING) {
+        k->state = C_WAITING;
+        k->qnext = g->waiters;
+        g->waiters = k;
+    } else if (g->state == MU_GROUP_NONODE) {
+        k->state = C_RUNNING;
+        finish(k, MU_ENOPROVIDER, "no provider registered: %s does not exist", g->path);
+    } else {
+        start_attempt(k);
+    }
+    return MU_OK;
+}
+
+void mu_call_cancel(mu_call_handle *k)
+{
+    if (!k || k->state == C_DONE || k->state == C_DELIVERING)
+        return;
+    mu_client *c = k->c;
+    stop(k);
+    k->status = MU_ECANCELLED;
+    mu_fmt(k->detail, sizeof k->detail, "cancelled after %d attempt(s)", k->attempts);
+    deliver(k);
+    if (c->dying && c->depth == 0)
+        mu_client_destroy(c);
+}
+
+/* Every call not yet delivered ends now: queued ones with their outcome,
+ * the rest with MU_ECANCELLED. Used by mu_client_free(). */
+void mu_calls_cancel_all(mu_client *c)
+{
+    for (;;) {
+        call_t *k = c->done_head;
+        if (k) {
+            c->done_head = k->qnext;
+            if (!c->done_head)
+                c->done_tail = NULL;
+            deliver(k);
+            continue;
+        }
+        for (k = c->live; k && (k->state == C_DELIVERING || k->state == C_DONE); k = k->next)
+            ;
+        if (!k)
+            break;
+        stop(k);
+        k->status = MU_ECANCELLED;
+        mu_fmt(k->detail, sizeof k->detail, "the client was freed");
+        deliver(k);
+    }
+}

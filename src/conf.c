@@ -1,0 +1,443 @@
+#include "config.h"
+#include "conf.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+
+
+enum kind { K_STR, K_INT, K_ENUM, K_HOSTS, K_LIST, K_PATH };
+
+typedef struct key_spec {
+    const char *name;
+    const char *def;
+    enum kind kind;
+    long min, max;          /* K_INT */
+    const char *choices;    /* K_ENUM: "a|b|c" */
+    const char *help;
+} key_spec;
+
+/* The one table of keys: code, files, --set and the environment all use it. */
+static const key_spec keys[] = {
+    {"zk_hosts", "127.0.0.1:2181", K_HOSTS, 0, 0, NULL,
+     "ZooKeeper connect string host:port[,host:port...]; empty = static providers only"},
+    {"zk_session_timeout_ms", "10000", K_INT, 1000, 600000, NULL, "ZooKeeper session timeout"},
+    {"zk_root", "/dubbo", K_PATH, 0, 0, NULL, "registry root node"},
+    {"layout", "per-method", K_ENUM, 0, 0, "per-method|per-service",
+     "registry layout: per-method (microutil 1.0.2) or per-service (1.0.8)"},
+    {"protocol", "1.0.2", K_ENUM, 0, 0, "1.0.2|1.0.3|1.0.4|1.0.8",
+     "wire variant: 1.0.3 posts to /jsonp/; 1.0.4+ sends JSON headers and the auth token"},
+    {"path", "", K_STR, 0, 0, NULL, "HTTP path override (default from protocol: /json/ or /jsonp/)"},
+    {"auth_token", "micromicro", K_STR, 0, 0, NULL,
+     "shared secret for the 1.0.4+ micro-auth-token header (never logged)"},
+    {"policy", "round-robin", K_ENUM, 0, 0, "round-robin|random|least-pending|p2c",
+     "balancing policy; policy.SERVICE overrides per service"},
+    {"timeout_ms", "10000", K_INT, 1, 3600000, NULL,
+     "per-attempt timeout (env MICRO_CLIENT_TIMEOUT, in seconds)"},
+    {"connect_timeout_ms", "1000", K_INT, 1, 600000, NULL, "TCP connect timeout per attempt"},
+    {"deadline_ms", "30000", K_INT, 1, 86400000, NULL,
+     "bound on a whole call: discovery wait and all attempts"},
+    {"retries", "2", K_INT, 0, 10, NULL, "extra attempts, each on another provider when one exists"},
+    {"idempotent", "", K_LIST, 0, 0, NULL,
+     "comma list of SERVICE:METHOD (or SERVICE:*) safe to retry after a timeout"},
+    {"preload", "", K_LIST, 0, 0, NULL, "comma list of SERVICE:METHOD to load at start"},
+    {"max_connections_per_host", "32", K_INT, 1, 100000, NULL,
+     "keep-alive connections per provider; more calls queue"},
+    {"max_connections", "1024", K_INT, 1, 1000000, NULL, "connection cache size, all providers"},
+    {"max_response_bytes", "67108864", K_INT, 1024, 2147483647L, NULL,
+     "largest response accepted (also caps the LZ4 declared size)"},
+    {"eject_ms", "1000", K_INT, 0, 600000, NULL,
+     "how long a provider that refused a connection is skipped (doubles, up to 30 s)"},
+    {"log_level", "warn", K_ENUM, 0, 0, "error|warn|info|debug", "default log sink level"},
+};
+
+#define N_KEYS MU_ARRAY_LEN(keys)
+
+/* Per-service keys, "PREFIX.SERVICE". */
+static const struct {
+    const char *prefix;
+    enum kind kind;
+    const char *help;
+} service_keys[] = {
+    {"policy", K_ENUM, "policy for one service"},
+    {"static", K_HOSTS, "static providers host:port,... for one service (no ZooKeeper)"},
+};
+
+typedef struct extra {
+    char *key;
+    char *value;
+    struct extra *next;
+} extra;
+
+struct mu_config {
+    char *values[N_KEYS]; /* NULL = default */
+    extra *extras;
+    char error[512];
+};
+
+mu_config *mu_config_new(void)
+{
+    return calloc(1, sizeof(mu_config));
+}
+
+void mu_config_free(mu_config *cfg)
+{
+    if (!cfg)
+        return;
+    for (size_t i = 0; i < N_KEYS; i++)
+        free(cfg->values[i]);
+    for (extra *e = cfg->extras, *n; e; e = n) {
+        n = e->next;
+        free(e->key);
+        free(e->value);
+        free(e);
+    }
+    free(cfg);
+}
+
+const char *mu_config_error(const mu_config *cfg)
+{
+    return cfg ? cfg->error : "";
+}
+
+static int find_key(const char *name)
+{
+    for (size_t i = 0; i < N_KEYS; i++)
+        if (strcmp(keys[i].name, name) == 0)
+            return (int)i;
+    return -1;
+}
+
+int mu_parse_hostport(const char *s, size_t len, char *host, size_t hostcap, int *port)
+{
+    const char *colon = NULL;
+    for (size_t i = 0; i < len; i++)
+        if (s[i] == ':')
+            colon = s + i;
+    if (!colon || colon == s || (size_t)(colon - s) >= hostcap)
+        return -1;
+    size_t hl = (size_t)(colon - s);
+    for (size_t i = 0; i < hl; i++)
+        if (!(isalnum((unsigned char)s[i]) || s[i] == '.' || s[i] == '-' || s[i] == '_'))
+            return -1;
+    long p = 0;
+    const char *d = colon + 1, *end = s + len;
+    if (d == end || end - d > 5)
+        return -1;
+    for (; d < end; d++) {
+        if (!isdigit((unsigned char)*d))
+            return -1;
+        p = p * 10 + (*d - '0');
+    }
+    if (p < 1 || p > 65535)
+        return -1;
+    memcpy(host, s, hl);
+    host[hl] = '\0';
+    *port = (int)p;
+    return 0;
+}
+
+static int check_value(mu_config *cfg, const char *key, enum kind kind, long min, long max,
+                       const char *choices, const char *v)
+{
+    switch (kind) {
+    case K_STR:
+    case K_LIST:
+        return 0;
+    case K_PATH:
+        if (v[0] != '/' || (strlen(v) > 1 && v[strlen(v) - 1] == '/')) {
+            mu_fmt(cfg->error, sizeof cfg->error,
+                   "%s = '%s': expected an absolute path without a trailing slash, like /dubbo",
+                   key, v);
+            return -1;
+        }
+        return 0;
+    case K_INT: {
+        errno = 0;
+        char *end;
+        long n = strtol(v, &end, 10);
+        if (errno || end == v || *end || n < min || n > max) {
+            mu_fmt(cfg->error, sizeof cfg->error, "%s = '%s': expected an integer from %ld to %ld",
+                   key, v, min, max);
+            return -1;
+        }
+        return 0;
+    }
+    case K_ENUM: {
+        size_t vl = strlen(v);
+        for (const char *c = choices; *c;) {
+            const char *bar = strchr(c, '|');
+            size_t cl = bar ? (size_t)(bar - c) : strlen(c);
+            if (cl == vl && memcmp(c, v, vl) == 0)
+                return 0;
+            c += cl + (bar ? 1 : 0);
+        }
+        mu_fmt(cfg->error, sizeof cfg->error, "%s = '%s': expected one of %s", key, v, choices);
+        return -1;
+    }
+    case K_HOSTS: {
+        const char *p = v;
+        while (*p) {
+            const char *comma = strchr(p, ',');
+            size_t l = comma ? (size_t)(comma - p) : strlen(p);
+            char host[64];
+            int port;
+            while (l && *p == ' ')
+                p++, l--;
+            while (l && p[l - 1] == ' ')
+                l--;
+            if (mu_parse_hostport(p, l, host, sizeof host, &port) != 0) {
+                mu_fmt(cfg->error, sizeof cfg->error,
+                       "%s = '%s': '%.*s' is not host:port (port 1 to 65535)", key, v, (int)l, p);
+                return -1;
+            }
+            if (!comma)
+                break;
+            p = comma + 1;
+        }
+        return 0;
+    }
+    }
+    return 0;
+}
+
+static int set_extra(mu_config *cfg, const char *key, const char *value)
+{
+    for (extra *e = cfg->extras; e; e = e->next) {
+        if (strcmp(e->key, key) == 0) {
+            char *v = strdup(value);
+            if (!v)
+                return -1;
+            free(e->value);
+            e->value = v;
+            return 0;
+        }
+    }
+    extra *e = calloc(1, sizeof *e);
+    if (!e || !(e->key = strdup(key)) || !(e->value = strdup(value))) {
+        if (e)
+            free(e->key);
+        free(e);
+        return -1;
+    }
+    e->next = cfg->extras;
+    cfg->extras = e;
+    return 0;
+}
+
+mu_status mu_config_set(mu_config *cfg, const char *key, const char *value)
+{
+    if (!cfg)
+        return MU_EINVAL;
+    if (!key || !value) {
+        mu_fmt(cfg->error, sizeof cfg->error, "mu_config_set: key and value must not be NULL");
+        return MU_EINVAL;
+    }
+    cfg->error[0] = '\0';
+    int i = find_key(key);
+    if (i >= 0) {
+        const key_spec *k = &keys[i];
+        if (check_value(cfg, key, k->kind, k->min, k->max, k->choices, value) != 0)
+            return MU_ECONFIG;
+        char *v = strdup(value);
+        if (!v)
+            return MU_ENOMEM;
+        free(cfg->values[i]);
+        cfg->values[i] = v;
+        return MU_OK;
+    }
+    for (size_t s = 0; s < MU_ARRAY_LEN(service_keys); s++) {
+        size_t pl = strlen(service_keys[s].prefix);
+        if (strncmp(key, service_keys[s].prefix, pl) == 0 && key[pl] == '.') {
+            if (!key[pl + 1] || strchr(key + pl + 1, ':')) {
+                mu_fmt(cfg->error, sizeof cfg->error, "%s: expected %s.SERVICE", key,
+                       service_keys[s].prefix);
+                return MU_ECONFIG;
+            }
+            int bad = service_keys[s].kind == K_ENUM
+                          ? check_value(cfg, key, K_ENUM, 0, 0, keys[find_key("policy")].choices,
+                                        value)
+                          : check_value(cfg, key, service_keys[s].kind, 0, 0, NULL, value);
+            if (bad)
+                return MU_ECONFIG;
+            return set_extra(cfg, key, value) == 0 ? MU_OK : MU_ENOMEM;
+        }
+    }
+    mu_fmt(cfg->error, sizeof cfg->error,
+           "unknown key '%s' (see mucall --help for the list of keys)", key);
+    return MU_ECONFIG;
+}
+
+const char *mu_config_get(const mu_config *cfg, const char *key)
+{
+    int i = find_key(key);
+    if (i >= 0)
+        return cfg && cfg->values[i] ? cfg->values[i] : keys[i].def;
+    for (const extra *e = cfg ? cfg->extras : NULL; e; e = e->next)
+        if (strcmp(e->key, key) == 0)
+            return e->value;
+    return NULL;
+}
+
+int mu_config_is_set(const mu_config *cfg, const char *key)
+{
+    int i = find_key(key);
+    return i >= 0 && cfg && cfg->values[i] != NULL;
+}
+
+const char *mu_config_str(const mu_config *cfg, const char *key)
+{
+    const char *v = mu_config_get(cfg, key);
+    return v ? v : "";
+}
+
+long mu_config_long(const mu_config *cfg, const char *key)
+{
+    return strtol(mu_config_str(cfg, key), NULL, 10);
+}
+
+const char *mu_config_service(const mu_config *cfg, const char *prefix, const char *svc)
+{
+    size_t pl = strlen(prefix);
+    for (const extra *e = cfg ? cfg->extras : NULL; e; e = e->next)
+        if (strncmp(e->key, prefix, pl) == 0 && e->key[pl] == '.' && strcmp(e->key + pl + 1, svc) == 0)
+            return e->value;
+    return NULL;
+}
+
+void mu_config_each_service(const mu_config *cfg, const char *prefix,
+                            void (*fn)(const char *svc, const char *value, void *user), void *user)
+{
+    size_t pl = strlen(prefix);
+    for (const extra *e = cfg ? cfg->extras : NULL; e; e = e->next)
+        if (strncmp(e->key, prefix, pl) == 0 && e->key[pl] == '.')
+            fn(e->key + pl + 1, e->value, user);
+}
+
+static char *trim(char *s)
+{
+    while (isspace((unsigned char)*s))
+        s++;
+    char *e = s + strlen(s);
+    while (e > s && isspace((unsigned char)e[-1]))
+        *--e = '\0';
+    return s;
+}
+
+mu_status mu_config_load_file(mu_config *cfg, const char *path)
+{
+    if (!cfg || !path)
+        return MU_EINVAL;
+    FILE *f = fopen(path, "r");
+    if (!f) {
+        mu_fmt(cfg->error, sizeof cfg->error, "%s: cannot open: %s", path, strerror(errno));
+        return MU_ECONFIG;
+    }
+    char line[4096];
+    int lineno = 0;
+    mu_status st = MU_OK;
+    while (fgets(line, sizeof line, f)) {
+        lineno++;
+        if (!strchr(line, '\n') && !feof(f)) {
+            mu_fmt(cfg->error, sizeof cfg->error, "%s:%d: line longer than %zu bytes", path, lineno,
+                   sizeof line - 2);
+            st = MU_ECONFIG;
+            break;
+        }
+        char *hash = strchr(line, '#');
+        if (hash)
+            *hash = '\0';
+        char *s = trim(line);
+        if (!*s)
+            continue;
+        char *eq = strchr(s, '=');
+        if (!eq) {
+            mu_fmt(cfg->error, sizeof cfg->error, "%s:%d: expected 'key = value', got '%.200s'", path,
+                   lineno, s);
+            st = MU_ECONFIG;
+            break;
+        }
+        *eq = '\0';
+        char *k = trim(s), *v = trim(eq + 1);
+        st = mu_config_set(cfg, k, v);
+        if (st != MU_OK) {
+            char why[sizeof cfg->error];
+            memcpy(why, cfg->error, sizeof why);
+            mu_fmt(cfg->error, sizeof cfg->error, "%s:%d: %s", path, lineno, why);
+            break;
+        }
+    }
+    fclose(f);
+    return st;
+}
+
+mu_status mu_config_load_env(mu_config *cfg)
+{
+    if (!cfg)
+        return MU_EINVAL;
+    const char *h = getenv("MICRO_ZK_HOST"), *p = getenv("MICRO_ZK_PORT");
+    if ((h && *h) || (p && *p)) {
+        char hosts[512];
+        /* MICRO_ZK_HOST may already carry ports (an ensemble). */
+        if (h && strchr(h, ':'))
+            mu_fmt(hosts, sizeof hosts, "%s", h);
+        else
+            mu_fmt(hosts, sizeof hosts, "%s:%s", h && *h ? h : "127.0.0.1", p && *p ? p : "2181");
+        if (mu_config_set(cfg, "zk_hosts", hosts) != MU_OK) {
+            char why[sizeof cfg->error];
+            memcpy(why, cfg->error, sizeof why);
+            mu_fmt(cfg->error, sizeof cfg->error, "MICRO_ZK_HOST/MICRO_ZK_PORT: %s", why);
+            return MU_ECONFIG;
+        }
+    }
+    const char *t = getenv("MICRO_CLIENT_TIMEOUT");
+    if (t && *t) {
+        char *end;
+        errno = 0;
+        double secs = strtod(t, &end);
+        if (errno || end == t || *end || secs <= 0 || secs > 3600) {
+            mu_fmt(cfg->error, sizeof cfg->error,
+                   "MICRO_CLIENT_TIMEOUT = '%s': expected seconds, more than 0 and at most 3600", t);
+            return MU_ECONFIG;
+        }
+        char ms[32];
+        mu_fmt(ms, sizeof ms, "%ld", (long)(secs * 1000.0 + 0.5));
+        mu_status st = mu_config_set(cfg, "timeout_ms", ms);
+        if (st != MU_OK)
+            return st;
+    }
+    for (size_t i = 0; i < N_KEYS; i++) {
+        char env[64] = "MU_";
+        size_t j = 3;
+        for (const char *c = keys[i].name; *c && j + 1 < sizeof env; c++)
+            env[j++] = (char)toupper((unsigned char)*c);
+        env[j] = '\0';
+        const char *v = getenv(env);
+        if (!v)
+            continue;
+        mu_status st = mu_config_set(cfg, keys[i].name, v);
+        if (st != MU_OK) {
+            char why[sizeof cfg->error];
+            memcpy(why, cfg->error, sizeof why);
+            mu_fmt(cfg->error, sizeof cfg->error, "environment %s: %s", env, why);
+            return st;
+        }
+    }
+    return MU_OK;
+}
+
+void mu_config_describe(void (*fn)(const char *key, const char *default_value, const char *help,
+                                   void *user),
+                        void *user)
+{
+    for (size_t i = 0; i < N_KEYS; i++)
+        fn(keys[i].name, keys[i].def, keys[i].help, user);
+    for (size_t s = 0; s < MU_ARRAY_LEN(service_keys); s++) {
+        char k[32];
+        mu_fmt(k, sizeof k, "%s.SERVICE", service_keys[s].prefix);
+        fn(k, "", service_keys[s].help, user);
+    }
+}

@@ -1,0 +1,23 @@
+/* config: the key table, validation, and typed access for the client. */
+#ifndef MU_CONF_H
+#define MU_CONF_H
+
+#include "common.h"
+
+/* Typed value of a table key (validated when set). */
+const char *mu_config_str(const mu_config *cfg, const char *key);
+long mu_config_long(const mu_config *cfg, const char *key);
+/* 1 if key was set explicitly (not a default). */
+int mu_config_is_set(const mu_config *cfg, const char *key);
+
+/* Per-service keys ("policy.SVC", "static.SVC"): the value for svc, or NULL. */
+const char *mu_config_service(const mu_config *cfg, const char *prefix, const char *svc);
+
+/* Calls fn for every "PREFIX.SVC" key set. */
+void mu_config_each_service(const mu_config *cfg, const char *prefix,
+                            void (*fn)(const char *svc, const char *value, void *user), void *user);
+
+/* Splits "host:port" into host and port; 0 on success. */
+int mu_parse_hostport(const char *s, size_t len, char *host, size_t hostcap, int *port);
+
+#endif

@@ -1,0 +1,315 @@
+#include "config.h"
+#include "registry.h"
+
+#include <event2/event.h>
+#include <stdlib.h>
+#include <string.h>
+#include <zookeeper/zookeeper.h>
+
+#include "zkloop.h"
+
+struct mu_registry {
+    struct event_base *base;
+    mu_view *view;
+    const mu_logger *log;
+    mu_client_stats *stats;
+    char *hosts;
+    int session_ms;
+    zhandle_t *zh;
+    mu_zkloop *loop;
+    struct event *renew; /* replaces an expired handle, outside ZooKeeper callbacks */
+    int connected;
+    int64_t session_id;
+};
+
+/* One outstanding request. Freed by its completion, which the client also
+ * calls (with ZCLOSING) when a handle is closed. */
+typedef struct req {
+    mu_registry *r;
+    mu_group *g;
+    char name[];
+} req;
+
+static void list_group(mu_registry *r, mu_group *g);
+
+static req *req_new(mu_registry *r, mu_group *g, const char *name)
+{
+    size_t n = name ? strlen(name) + 1 : 1;
+    req *q = malloc(sizeof *q + n);
+    if (!q)
+        return NULL;
+    q->r = r;
+    q->g = g;
+    memcpy(q->name, name ? name : "", n);
+    return q;
+}
+
+/* The ZooKeeper client logs to stderr at INFO by default; its messages are
+ * about its socket, not our state: our own log lines report what matters. */
+static void zk_log_discard(const char *message)
+{
+    MU_UNUSED(message);
+}
+
+static const char *state_name(int state)
+{
+    if (state == ZOO_CONNECTED_STATE)
+        return "connected";
+    if (state == ZOO_CONNECTING_STATE)
+        return "connecting";
+    if (state == ZOO_ASSOCIATING_STATE)
+        return "associating";
+    if (state == ZOO_EXPIRED_SESSION_STATE)
+        return "session expired";
+    if (state == ZOO_READONLY_STATE)
+        return "read-only";
+    if (state == ZOO_NOTCONNECTED_STATE)
+        return "not connected";
+    return "unknown";
+}
+
+/* ------------------------------------------------------------- per group */
+
+static void child_watcher(zhandle_t *zh, int type, int state, const char *path, void *ctx)
+{
+    MU_UNUSED(state);
+    MU_UNUSED(path);
+    mu_registry *r = (mu_registry *)zoo_get_context(zh);
+    if (!r || r->zh != zh)
+        return;
+    if (type == ZOO_CHILD_EVENT || type == ZOO_DELETED_EVENT || type == ZOO_CREATED_EVENT)
+        list_group(r, ctx);
+}
+
+static void data_done(int rc, const char *value, int len, const struct Stat *stat, const void *data)
+{
+    MU_UNUSED(stat);
+    req *q = (req *)data;
+    if (rc == ZOK)
+        mu_view_child_data(q->r->view, q->g, q->name, value ? value : "", value && len > 0 ? (size_t)len : 0);
+    else if (rc == ZNONODE)
+        mu_view_child_data(q->r->view, q->g, q->name, NULL, 0);
+    else
+        mu_view_child_failed(q->r->view, q->g, q->name);
+    free(q);
+}
+
+static void fetch_child(mu_group *g, const char *name, void *user)
+{
+    mu_registry *r = user;
+    size_t pl = strlen(g->path) + strlen(name) + 2;
+    char *path = malloc(pl);
+    req *q = req_new(r, g, name);
+    int rc = ZSYSTEMERROR;
+    if (path && q) {
+        memcpy(path, g->path, strlen(g->path));
+        path[strlen(g->path)] = '/';
+        memcpy(path + strlen(g->path) + 1, name, strlen(name) + 1);
+        rc = zoo_aget(r->zh, path, 0, data_done, q);
+        if (rc == ZOK && r->stats)
+            r->stats->zk_get++;
+    }
+    free(path);
+    if (rc != ZOK) {
+        free(q);
+        mu_view_child_failed(r->view, g, name);
+    }
+}
+
+static void exists_done(int rc, const struct Stat *stat, const void *data)
+{
+    MU_UNUSED(stat);
+    req *q = (req *)data;
+    /* Created between our list and this check: list again. */
+    if (rc == ZOK)
+        list_group(q->r, q->g);
+    free(q);
+}
+
+static void children_done(int rc, const struct String_vector *strings, const struct Stat *stat,
+                          const void *data)
+{
+    MU_UNUSED(stat);
+    req *q = (req *)data;
+    mu_registry *r = q->r;
+    mu_group *g = q->g;
+    free(q);
+    g->listing = 0;
+    if (rc == ZOK) {
+        mu_view_children(r->view, g, strings ? strings->data : NULL,
+                         strings ? (size_t)strings->count : 0, fetch_child, r);
+    } else if (rc == ZNONODE) {
+        mu_log(r->log, MU_LOG_INFO, "%s does not exist (no provider registered)", g->path);
+        mu_view_nonode(r->view, g);
+        /* A watch that fires when the path is created. */
+        req *e = req_new(r, g, NULL);
+        if (e && zoo_awexists(r->zh, g->path, child_watcher, g, exists_done, e) != ZOK)
+            free(e);
+    } else if (rc != ZCLOSING && rc != ZSESSIONEXPIRED && rc != ZINVALIDSTATE) {
+        /* Connection loss or a timeout: listed again once connected. */
+        mu_log(r->log, MU_LOG_INFO, "listing %s failed: %s", g->path, zerror(rc));
+        return;
+    }
+    if (g->relist) {
+        g->relist = 0;
+        list_group(r, g);
+    }
+}
+
+static void list_group(mu_registry *r, mu_group *g)
+{
+    if (!r->zh || !r->connected)
+        return; /* listed on (re)connect */
+    if (g->listing) {
+        g->relist = 1;
+        return;
+    }
+    req *q = req_new(r, g, NULL);
+    if (!q)
+        return;
+    int rc = zoo_awget_children2(r->zh, g->path, child_watcher, g, children_done, q);
+    if (rc != ZOK) {
+        free(q);
+        mu_log(r->log, MU_LOG_INFO, "listing %s: %s", g->path, zerror(rc));
+        return;
+    }
+    g->listing = 1;
+    if (r->stats)
+        r->stats->zk_get_children++;
+    mu_zkloop_update(r->loop);
+}
+
+void mu_registry_watch(mu_registry *r, mu_group *g)
+{
+    list_group(r, g);
+}
+
+/* --------------------------------------------------------------- session */
+
+static void session_watcher(zhandle_t *zh, int type, int state, const char *path, void *ctx);
+
+static int open_handle(mu_registry *r)
+{
+    r->zh = zookeeper_init2(r->hosts, session_watcher, r->session_ms, NULL, r, 0, zk_log_discard);
+    if (!r->zh) {
+        mu_log(r->log, MU_LOG_ERROR, "ZooKeeper handle for '%s' could not be made", r->hosts);
+        return -1;
+    }
+    mu_zkloop_attach(r->loop, r->zh);
+    return 0;
+}
+
+static void relist_all(mu_registry *r)
+{
+    size_t i = 0;
+    mu_group *g;
+    while (mu_view_next_group(r->view, &i, &g)) {
+        if (g->is_static)
+            continue;
+        g->listing = 0; /* requests of a lost session never complete as OK */
+        list_group(r, g);
+    }
+}
+
+static void session_watcher(zhandle_t *zh, int type, int state, const char *path, void *ctx)
+{
+    MU_UNUSED(path);
+    mu_registry *r = ctx;
+    if (type != ZOO_SESSION_EVENT || r->zh != zh)
+        return;
+    if (state == ZOO_CONNECTED_STATE) {
+        const clientid_t *id = zoo_client_id(zh);
+        int fresh = id && id->client_id != r->session_id;
+        r->connected = 1;
+        if (fresh) {
+            r->session_id = id->client_id;
+            if (r->stats)
+                r->stats->zk_sessions++;
+        }
+        mu_log(r->log, MU_LOG_INFO, "ZooKeeper %s: %s session 0x%llx", r->hosts,
+               fresh ? "new" : "resumed", (unsigned long long)r->session_id);
+        relist_all(r);
+    } else if (state == ZOO_EXPIRED_SESSION_STATE) {
+        r->connected = 0;
+        mu_log(r->log, MU_LOG_WARN,
+               "ZooKeeper session 0x%llx expired; opening a new one (serving from the current view)",
+               (unsigned long long)r->session_id);
+        event_active(r->renew, EV_TIMEOUT, 0); /* never close a handle inside its callback */
+    } else {
+        if (r->connected)
+            mu_log(r->log, MU_LOG_WARN, "ZooKeeper %s: %s; serving from the current view", r->hosts,
+                   state_name(state));
+        r->connected = 0;
+    }
+}
+
+static void on_renew(evutil_socket_t fd, short what, void *arg)
+{
+    MU_UNUSED(fd);
+    MU_UNUSED(what);
+    mu_registry *r = arg;
+    if (r->zh) {
+        zhandle_t *old = r->zh;
+        mu_zkloop_attach(r->loop, NULL);
+        r->zh = NULL;
+        zookeeper_close(old); /* completions run with ZCLOSING */
+    }
+    size_t i = 0;
+    mu_group *g;
+    while (mu_view_next_group(r->view, &i, &g))
+        g->listing = 0;
+    open_handle(r);
+}
+
+mu_registry *mu_registry_new(struct event_base *base, mu_view *view, const char *hosts,
+                             int session_timeout_ms, const mu_logger *log, mu_client_stats *stats)
+{
+    mu_registry *r = calloc(1, sizeof *r);
+    if (!r)
+        return NULL;
+    r->base = base;
+    r->view = view;
+    r->log = log;
+    r->stats = stats;
+    r->session_ms = session_timeout_ms;
+    r->hosts = strdup(hosts);
+    r->loop = mu_zkloop_new(base);
+    r->renew = event_new(base, -1, 0, on_renew, r);
+    if (!r->hosts || !r->loop || !r->renew || open_handle(r) != 0) {
+        mu_registry_free(r);
+        return NULL;
+    }
+    return r;
+}
+
+void mu_registry_free(mu_registry *r)
+{
+    if (!r)
+        return;
+    if (r->zh) {
+        zhandle_t *zh = r->zh;
+        mu_zkloop_attach(r->loop, NULL);
+        r->zh = NULL;
+        zookeeper_close(zh);
+    }
+    if (r->renew)
+        event_free(r->renew);
+    mu_zkloop_free(r->loop);
+    free(r->hosts);
+    free(r);
+}
+
+int mu_registry_connected(const mu_registry *r)
+{
+    return r && r->connected;
+}
+
+const char *mu_registry_hosts(const mu_registry *r)
+{
+    return r ? r->hosts : "";
+}
+
+void *mu_registry_zhandle(const mu_registry *r)
+{
+    return r ? r->zh : NULL;
+}

@@ -1,0 +1,417 @@
+#include "config.h"
+#include "view.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <yajl/yajl_tree.h>
+
+#include "conf.h"
+
+enum { Z_FETCHING, Z_OK, Z_BAD };
+
+struct znode {
+    int state;
+    mu_endpoint *ep; /* Z_OK: holds one ref */
+};
+
+struct mu_view {
+    mu_map endpoints; /* "host:port" -> mu_endpoint */
+    mu_map groups;    /* path -> mu_group */
+    char url_path[128];
+    const mu_logger *log;
+    mu_client_stats *stats;
+    mu_view_changed_fn changed;
+    void *user;
+};
+
+mu_view *mu_view_new(const char *url_path, const mu_logger *log, mu_client_stats *stats,
+                     mu_view_changed_fn changed, void *user)
+{
+    mu_view *v = calloc(1, sizeof *v);
+    if (!v)
+        return NULL;
+    mu_fmt(v->url_path, sizeof v->url_path, "%s", url_path);
+    v->log = log;
+    v->stats = stats;
+    v->changed = changed;
+    v->user = user;
+    return v;
+}
+
+/* ---------------------------------------------------------------- endpoints */
+
+static mu_endpoint *endpoint_ref(mu_view *v, const char *host, int port)
+{
+    char key[sizeof(((mu_endpoint *)0)->key)];
+    mu_fmt(key, sizeof key, "%s:%d", host, port);
+    mu_endpoint *e = mu_map_get(&v->endpoints, key);
+    if (!e) {
+        e = calloc(1, sizeof *e);
+        if (!e)
+            return NULL;
+        memcpy(e->key, key, sizeof key);
+        mu_fmt(e->host, sizeof e->host, "%s", host);
+        e->port = port;
+        size_t ul = strlen(key) + strlen(v->url_path) + 8;
+        e->url = malloc(ul);
+        if (!e->url || mu_map_put(&v->endpoints, key, e) != 0) {
+            free(e->url);
+            free(e);
+            return NULL;
+        }
+        snprintf(e->url, ul, "http://%s%s", key, v->url_path);
+    }
+    e->refs++;
+    return e;
+}
+
+static void endpoint_maybe_free(mu_view *v, mu_endpoint *e)
+{
+    if (e->refs || e->pending)
+        return;
+    mu_map_del(&v->endpoints, e->key);
+    free(e->url);
+    free(e);
+}
+
+static void endpoint_unref(mu_view *v, mu_endpoint *e)
+{
+    e->refs--;
+    endpoint_maybe_free(v, e);
+}
+
+void mu_view_endpoint_release(mu_view *v, mu_endpoint *e)
+{
+    endpoint_maybe_free(v, e);
+}
+
+/* ------------------------------------------------------------------- groups */
+
+mu_group *mu_view_group(mu_view *v, const char *path, int create)
+{
+    mu_group *g = mu_map_get(&v->groups, path);
+    if (g || !create)
+        return g;
+    g = calloc(1, sizeof *g);
+    if (!g)
+        return NULL;
+    g->path = strdup(path);
+    g->pool = mu_pool_new();
+    if (!g->path || !g->pool || mu_map_put(&v->groups, path, g) != 0) {
+        free(g->path);
+        mu_pool_free(g->pool);
+        free(g);
+        return NULL;
+    }
+    return g;
+}
+
+int mu_view_next_group(mu_view *v, size_t *i, mu_group **g)
+{
+    const char *k;
+    void *val;
+    if (!mu_map_next(&v->groups, i, &k, &val))
+        return 0;
+    *g = val;
+    return 1;
+}
+
+static void free_latest(mu_group *g)
+{
+    for (size_t i = 0; i < g->nlatest; i++)
+        free(g->latest[i]);
+    free(g->latest);
+    g->latest = NULL;
+    g->nlatest = 0;
+}
+
+static void group_free(mu_view *v, mu_group *g)
+{
+    mu_pool_free(g->pool);
+    size_t i = 0;
+    const char *k;
+    void *val;
+    while (mu_map_next(&g->znodes, &i, &k, &val)) {
+        struct znode *z = val;
+        if (z->state == Z_OK)
+            endpoint_unref(v, z->ep);
+        free(z);
+    }
+    mu_map_clear(&g->znodes);
+    free_latest(g);
+    free(g->path);
+    free(g);
+}
+
+void mu_view_free(mu_view *v)
+{
+    if (!v)
+        return;
+    size_t i = 0;
+    const char *k;
+    void *val;
+    while (mu_map_next(&v->groups, &i, &k, &val))
+        group_free(v, val);
+    mu_map_clear(&v->groups);
+    /* Anything left is held by nothing now. */
+    i = 0;
+    while (mu_map_next(&v->endpoints, &i, &k, &val)) {
+        mu_endpoint *e = val;
+        free(e->url);
+        free(e);
+    }
+    mu_map_clear(&v->endpoints);
+    free(v);
+}
+
+/* The endpoint set is the distinct endpoints of the children in latest. */
+static void apply(mu_view *v, mu_group *g, mu_group_state state)
+{
+    size_t n = 0;
+    mu_endpoint **eps = g->nlatest ? malloc(g->nlatest * sizeof *eps) : NULL;
+    if (g->nlatest && !eps) {
+        mu_log(v->log, MU_LOG_ERROR, "%s: out of memory applying %zu children", g->path, g->nlatest);
+        return;
+    }
+    mu_map seen = {0}; /* several children may name one host:port */
+    for (size_t i = 0; i < g->nlatest; i++) {
+        struct znode *z = mu_map_get(&g->znodes, g->latest[i]);
+        if (!z || z->state != Z_OK)
+            continue;
+        if (mu_map_get(&seen, z->ep->key))
+            continue;
+        if (mu_map_put(&seen, z->ep->key, z->ep) != 0)
+            break;
+        eps[n++] = z->ep;
+    }
+    mu_map_clear(&seen);
+    if (mu_pool_set(g->pool, eps, n) != 0) {
+        mu_log(v->log, MU_LOG_ERROR, "%s: out of memory updating the endpoint set", g->path);
+        free(eps);
+        return;
+    }
+    free(eps);
+
+    /* Forget children that are gone; their endpoints go when unused. */
+    mu_map keep = {0};
+    for (size_t i = 0; i < g->nlatest; i++)
+        mu_map_put(&keep, g->latest[i], g);
+    size_t it = 0;
+    const char *k;
+    void *val;
+    while (mu_map_next(&g->znodes, &it, &k, &val)) {
+        struct znode *z = val;
+        if (mu_map_get(&keep, k) || z->state == Z_FETCHING)
+            continue;
+        if (z->state == Z_OK)
+            endpoint_unref(v, z->ep);
+        free(z);
+        mu_map_del(&g->znodes, k);
+    }
+    mu_map_clear(&keep);
+    g->state = state;
+    mu_log(v->log, MU_LOG_INFO, "%s: %zu endpoint(s) from %zu child(ren)", g->path, n, g->nlatest);
+    if (v->changed)
+        v->changed(g, v->user);
+}
+
+int mu_view_children(mu_view *v, mu_group *g, char *const *names, size_t n,
+                     void (*fetch)(mu_group *g, const char *name, void *user), void *user)
+{
+    char **copy = n ? calloc(n, sizeof *copy) : NULL;
+    if (n && !copy)
+        return -1;
+    for (size_t i = 0; i < n; i++) {
+        if (!(copy[i] = strdup(names[i]))) {
+            for (size_t j = 0; j < i; j++)
+                free(copy[j]);
+            free(copy);
+            return -1;
+        }
+    }
+    free_latest(g);
+    g->latest = copy;
+    g->nlatest = n;
+    g->have_latest = 1;
+    g->incomplete = 0;
+    int started = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (mu_map_get(&g->znodes, names[i]))
+            continue; /* known (data never changes) or already being fetched */
+        struct znode *z = calloc(1, sizeof *z);
+        if (!z || mu_map_put(&g->znodes, names[i], z) != 0) {
+            free(z);
+            continue;
+        }
+        z->state = Z_FETCHING;
+        g->fetching++;
+        started++;
+        fetch(g, names[i], user);
+    }
+    if (g->fetching == 0 && !g->incomplete)
+        apply(v, g, MU_GROUP_READY);
+    return started;
+}
+
+int mu_parse_child_data(const char *data, size_t len, char *host, size_t hostcap, int *port,
+                        char *why, size_t whycap)
+{
+    if (len == 0) {
+        mu_fmt(why, whycap, "empty data");
+        return -1;
+    }
+    if (len > MU_MAX_CHILD_DATA) {
+        mu_fmt(why, whycap, "data of %zu bytes is over the %d-byte cap", len, MU_MAX_CHILD_DATA);
+        return -1;
+    }
+    char text[MU_MAX_CHILD_DATA + 1];
+    memcpy(text, data, len);
+    text[len] = '\0';
+    if (memchr(text, '\0', len)) {
+        mu_fmt(why, whycap, "data contains a NUL byte");
+        return -1;
+    }
+    char err[128];
+    yajl_val root = yajl_tree_parse(text, err, sizeof err);
+    if (!root) {
+        mu_fmt(why, whycap, "data is not JSON");
+        return -1;
+    }
+    int rc = -1;
+    const char *hp[] = {"host", NULL}, *pp[] = {"port", NULL};
+    yajl_val h = YAJL_IS_OBJECT(root) ? yajl_tree_get(root, hp, yajl_t_string) : NULL;
+    yajl_val p = YAJL_IS_OBJECT(root) ? yajl_tree_get(root, pp, yajl_t_any) : NULL;
+    long long pn = -1;
+    if (p && YAJL_IS_INTEGER(p))
+        pn = YAJL_GET_INTEGER(p);
+    else if (p && YAJL_IS_STRING(p)) {
+        const char *s = YAJL_GET_STRING(p);
+        char *end;
+        pn = *s ? strtoll(s, &end, 10) : -1;
+        if (*s && *end)
+            pn = -1;
+    }
+    const char *hs = h ? YAJL_GET_STRING(h) : NULL;
+    char probe[96];
+    int probe_port;
+    if (!YAJL_IS_OBJECT(root))
+        mu_fmt(why, whycap, "data is not a JSON object");
+    else if (!hs || !*hs)
+        mu_fmt(why, whycap, "no \"host\" string");
+    else if (!p)
+        mu_fmt(why, whycap, "no \"port\"");
+    else if (pn < 1 || pn > 65535)
+        mu_fmt(why, whycap, "port is not a number from 1 to 65535");
+    else if (mu_fmt(probe, sizeof probe, "%s:%lld", hs, pn),
+             mu_parse_hostport(probe, strlen(probe), host, hostcap, &probe_port) != 0)
+        mu_fmt(why, whycap, "host \"%.64s\" is not a valid address", hs);
+    else {
+        *port = probe_port;
+        rc = 0;
+    }
+    yajl_tree_free(root);
+    return rc;
+}
+
+void mu_view_child_data(mu_view *v, mu_group *g, const char *name, const char *data, size_t len)
+{
+    struct znode *z = mu_map_get(&g->znodes, name);
+    if (!z || z->state != Z_FETCHING)
+        return;
+    g->fetching--;
+    if (!data) {
+        /* Gone between the list and the get: drop it. */
+        mu_map_del(&g->znodes, name);
+        free(z);
+    } else {
+        char host[64], why[160];
+        int port;
+        if (mu_parse_child_data(data, len, host, sizeof host, &port, why, sizeof why) == 0 &&
+            (z->ep = endpoint_ref(v, host, port)) != NULL) {
+            z->state = Z_OK;
+        } else {
+            z->state = Z_BAD;
+            if (v->stats)
+                v->stats->znodes_skipped++;
+            mu_log(v->log, MU_LOG_WARN, "skipping provider znode %s/%s: %s", g->path, name, why);
+        }
+    }
+    if (g->fetching == 0 && g->have_latest && !g->incomplete)
+        apply(v, g, g->nlatest || g->state != MU_GROUP_NONODE ? MU_GROUP_READY : MU_GROUP_NONODE);
+}
+
+void mu_view_child_failed(mu_view *v, mu_group *g, const char *name)
+{
+    MU_UNUSED(v);
+    struct znode *z = mu_map_get(&g->znodes, name);
+    if (!z || z->state != Z_FETCHING)
+        return;
+    mu_map_del(&g->znodes, name);
+    free(z);
+    g->fetching--;
+    g->incomplete = 1; /* keep serving the current set */
+}
+
+void mu_view_nonode(mu_view *v, mu_group *g)
+{
+    free_latest(g);
+    g->have_latest = 1;
+    g->state = MU_GROUP_NONODE;
+    if (g->fetching == 0)
+        apply(v, g, MU_GROUP_NONODE);
+}
+
+int mu_view_set_static(mu_view *v, mu_group *g, const char *hosts)
+{
+    g->is_static = 1;
+    char **names = NULL;
+    size_t n = 0;
+    const char *p = hosts;
+    int rc = 0;
+    while (*p) {
+        const char *comma = strchr(p, ',');
+        size_t l = comma ? (size_t)(comma - p) : strlen(p);
+        while (l && *p == ' ')
+            p++, l--;
+        while (l && p[l - 1] == ' ')
+            l--;
+        char host[64];
+        int port;
+        if (mu_parse_hostport(p, l, host, sizeof host, &port) == 0) {
+            char key[96];
+            mu_fmt(key, sizeof key, "%s:%d", host, port);
+            char **nn = realloc(names, (n + 1) * sizeof *names);
+            if (!nn) {
+                rc = -1;
+                break;
+            }
+            names = nn;
+            names[n] = strdup(key);
+            if (!names[n]) {
+                rc = -1;
+                break;
+            }
+            if (!mu_map_get(&g->znodes, key)) {
+                struct znode *z = calloc(1, sizeof *z);
+                if (z && (z->ep = endpoint_ref(v, host, port)) && mu_map_put(&g->znodes, key, z) == 0)
+                    z->state = Z_OK;
+                else {
+                    if (z && z->ep)
+                        endpoint_unref(v, z->ep);
+                    free(z);
+                }
+            }
+            n++;
+        }
+        if (!comma)
+            break;
+        p = comma + 1;
+    }
+    free_latest(g);
+    g->latest = names;
+    g->nlatest = n;
+    g->have_latest = 1;
+    apply(v, g, MU_GROUP_READY);
+    return rc;
+}

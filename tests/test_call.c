@@ -1,0 +1,606 @@
+/* Calls end to end: real ZooKeeper, real test providers. Balancing,
+ * concurrency, timeouts, retries, cancellation and misuse. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <math.h>
+#include <signal.h>
+
+#include "testbed.h"
+#include "util.h"
+
+static tb_zk *zk;
+static struct event_base *base;
+
+static int setup_all(void **state)
+{
+    (void)state;
+    zk = tb_zk_start();
+    return zk ? 0 : -1;
+}
+
+static int teardown_all(void **state)
+{
+    (void)state;
+    tb_zk_free(zk);
+    return 0;
+}
+
+/* Providers of a service of their own per test, so tests do not mix. */
+static tb_provider *start(const char *svc, const char *extra1, const char *extra2)
+{
+    const char *args[8] = {"--service", svc, NULL};
+    int n = 2;
+    if (extra1) {
+        const char *sp = strchr(extra1, ' ');
+        /* "--flag value" pairs are given as one string for brevity */
+        static char a[4][64];
+        static int ai;
+        if (sp) {
+            snprintf(a[ai % 4], sizeof a[0], "%.*s", (int)(sp - extra1), extra1);
+            args[n++] = a[ai++ % 4];
+            args[n++] = sp + 1;
+        } else
+            args[n++] = extra1;
+    }
+    if (extra2)
+        args[n++] = extra2;
+    args[n] = NULL;
+    return tb_provider_start(tb_zk_connstr(zk), args);
+}
+
+static mu_client *client(mu_config *cfg)
+{
+    mu_client *c = NULL;
+    if (mu_config_set(cfg, "zk_hosts", tb_zk_connstr(zk)) != MU_OK)
+        fail();
+    assert_int_equal(mu_client_new(base, cfg, &c), MU_OK);
+    mu_client_set_log(c, MU_LOG_DEBUG, tu_log, NULL);
+    mu_config_free(cfg);
+    return c;
+}
+
+static int setup(void **state)
+{
+    (void)state;
+    base = event_base_new();
+    return base ? 0 : -1;
+}
+
+static int teardown(void **state)
+{
+    (void)state;
+    event_base_free(base);
+    return 0;
+}
+
+/* ------------------------------------------------------------ distribution */
+
+typedef struct tally {
+    int done, ok;
+    char ports[8][16];
+    int counts[8];
+    int n;
+    mu_status last;
+    char detail[300];
+} tally;
+
+static void tally_cb(const mu_result *r, void *user)
+{
+    tally *t = user;
+    t->done++;
+    t->last = r->status;
+    if (r->status != MU_OK) {
+        snprintf(t->detail, sizeof t->detail, "%s", r->detail);
+        return;
+    }
+    t->ok++;
+    for (int i = 0; i < t->n; i++) {
+        if ((size_t)r->result_len == strlen(t->ports[i]) && memcmp(r->result, t->ports[i], r->result_len) == 0) {
+            t->counts[i]++;
+            return;
+        }
+    }
+    if (t->n < 8) {
+        snprintf(t->ports[t->n], sizeof t->ports[0], "%.*s", (int)r->result_len, r->result);
+        t->counts[t->n++] = 1;
+    }
+}
+
+typedef struct loadgen {
+    mu_client *c;
+    const char *target;
+    const char *policy;
+    int total, started, inflight, window;
+    tally t;
+} loadgen;
+
+static void lg_done(const mu_result *r, void *user);
+
+static void lg_fill(loadgen *g)
+{
+    while (g->inflight < g->window && g->started < g->total) {
+        mu_call_opts o = MU_CALL_OPTS_INIT;
+        o.policy = g->policy;
+        assert_int_equal(mu_call(g->c, g->target, NULL, NULL, &o, lg_done, g, NULL), MU_OK);
+        g->started++;
+        g->inflight++;
+    }
+}
+
+static void lg_done(const mu_result *r, void *user)
+{
+    loadgen *g = user;
+    g->inflight--;
+    tally_cb(r, &g->t);
+    lg_fill(g);
+}
+
+static int lg_finished(void *arg)
+{
+    loadgen *g = arg;
+    return g->t.done == g->total;
+}
+
+static void run_load(loadgen *g, mu_client *c, const char *target, const char *policy, int total,
+                     int window)
+{
+    memset(g, 0, sizeof *g);
+    g->c = c;
+    g->target = target;
+    g->policy = policy;
+    g->total = total;
+    g->window = window;
+    lg_fill(g);
+    assert_true(tu_run_until(base, lg_finished, g, 60000));
+    if (g->t.ok != total)
+        fail_msg("%d of %d failed: %s", total - g->t.ok, total, g->t.detail);
+}
+
+static void test_round_robin_exact(void **state)
+{
+    (void)state;
+    tb_provider *p[3];
+    for (int i = 0; i < 3; i++)
+        assert_non_null(p[i] = start("rr", NULL, NULL));
+    mu_client *c = client(tu_config("policy", "round-robin", NULL));
+    tu_outcome o;
+    tu_call_sync(base, c, "rr:whoami", NULL, NULL, &o); /* load the view */
+    assert_int_equal(o.status, MU_OK);
+    loadgen g;
+    run_load(&g, c, "rr:whoami", NULL, 300, 1);
+    assert_int_equal(g.t.n, 3);
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(g.t.counts[i], 100);
+    /* Concurrency does not change round-robin's evenness. */
+    run_load(&g, c, "rr:whoami", NULL, 600, 30);
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(g.t.counts[i], 200);
+    mu_client_free(c);
+    for (int i = 0; i < 3; i++)
+        tb_provider_free(p[i]);
+}
+
+static void test_random_within_bounds(void **state)
+{
+    (void)state;
+    tb_provider *p[3];
+    for (int i = 0; i < 3; i++)
+        assert_non_null(p[i] = start("rnd", NULL, NULL));
+    mu_client *c = client(tu_config("policy.rnd", "random", NULL));
+    tu_outcome o;
+    tu_call_sync(base, c, "rnd:whoami", NULL, NULL, &o);
+    loadgen g;
+    run_load(&g, c, "rnd:whoami", NULL, 3000, 20);
+    assert_int_equal(g.t.n, 3);
+    /* Binomial(3000, 1/3): sd ~ 25.8; allow 5 sd. */
+    for (int i = 0; i < 3; i++)
+        assert_true(fabs(g.t.counts[i] - 1000.0) < 130.0);
+    mu_client_free(c);
+    for (int i = 0; i < 3; i++)
+        tb_provider_free(p[i]);
+}
+
+static void test_least_pending_avoids_slow(void **state)
+{
+    (void)state;
+    tb_provider *fast1 = start("lp", NULL, NULL), *fast2 = start("lp", NULL, NULL);
+    tb_provider *slow = start("lp", "--delay-ms 300", NULL);
+    assert_non_null(fast1);
+    assert_non_null(fast2);
+    assert_non_null(slow);
+    mu_client *c = client(tu_config("policy", "least-pending", NULL));
+    tu_outcome o;
+    tu_call_sync(base, c, "lp:whoami", NULL, NULL, &o);
+    loadgen g;
+    run_load(&g, c, "lp:whoami", NULL, 2000, 16);
+    char slow_port[16];
+    snprintf(slow_port, sizeof slow_port, "%d", tb_provider_port(slow));
+    int slow_n = 0;
+    for (int i = 0; i < g.t.n; i++)
+        if (strcmp(g.t.ports[i], slow_port) == 0)
+            slow_n = g.t.counts[i];
+    print_message("least-pending: slow provider got %d of 2000\n", slow_n);
+    assert_true(slow_n < 2000 / 50); /* under 2% */
+    mu_client_free(c);
+    tb_provider_free(fast1);
+    tb_provider_free(fast2);
+    tb_provider_free(slow);
+}
+
+/* --------------------------------------------------------- 10k concurrent */
+
+typedef struct echo_run {
+    mu_client *c;
+    int total, started, inflight, window, done, ok, mismatched, dup;
+    unsigned char *seen;
+} echo_run;
+
+static void echo_done(const mu_result *r, void *user);
+
+static void echo_fill(echo_run *e)
+{
+    while (e->inflight < e->window && e->started < e->total) {
+        char args[64];
+        snprintf(args, sizeof args, "[%d]", e->started);
+        intptr_t tag = e->started;
+        /* The user pointer carries the call's own id: result must match it. */
+        struct pair {
+            echo_run *e;
+            intptr_t id;
+        } *pp = malloc(sizeof *pp);
+        pp->e = e;
+        pp->id = tag;
+        assert_int_equal(mu_call(e->c, "many:echo", args, NULL, NULL, echo_done, pp, NULL), MU_OK);
+        e->started++;
+        e->inflight++;
+    }
+}
+
+static void echo_done(const mu_result *r, void *user)
+{
+    struct pair {
+        echo_run *e;
+        intptr_t id;
+    } *pp = user;
+    echo_run *e = pp->e;
+    e->inflight--;
+    e->done++;
+    if (e->seen[pp->id]++)
+        e->dup++;
+    char want[64];
+    snprintf(want, sizeof want, "{\"args\": [%d], \"kwargs\": {}}", (int)pp->id);
+    if (r->status == MU_OK) {
+        e->ok++;
+        if (r->result_len != strlen(want) || memcmp(r->result, want, r->result_len) != 0)
+            e->mismatched++;
+    }
+    free(pp);
+    echo_fill(e);
+}
+
+static int echo_finished(void *arg)
+{
+    echo_run *e = arg;
+    return e->done == e->total;
+}
+
+static void test_10000_calls_500_in_flight(void **state)
+{
+    (void)state;
+    tb_provider *p[3];
+    for (int i = 0; i < 3; i++)
+        assert_non_null(p[i] = start("many", NULL, NULL));
+    mu_client *c = client(tu_config("policy", "least-pending", NULL));
+    echo_run e = {c, 10000, 0, 0, 500, 0, 0, 0, 0, NULL};
+    e.seen = calloc(10000, 1);
+    echo_fill(&e);
+    assert_true(tu_run_until(base, echo_finished, &e, 120000));
+    tu_run_for(base, 50); /* a second callback for any call would show now */
+    assert_int_equal(e.done, 10000);
+    assert_int_equal(e.dup, 0);
+    assert_int_equal(e.ok, 10000);
+    assert_int_equal(e.mismatched, 0);
+    for (int i = 0; i < 10000; i++)
+        assert_int_equal(e.seen[i], 1);
+    mu_client_stats st;
+    mu_client_stats_get(c, &st);
+    print_message("10000 calls, 500 in flight: %llu connections opened\n", st.connections);
+    assert_true(st.connections <= 3 * 32 + 10); /* keep-alive, capped per host */
+    free(e.seen);
+    mu_client_free(c);
+    for (int i = 0; i < 3; i++)
+        tb_provider_free(p[i]);
+}
+
+/* ----------------------------------------------------- timeouts, retries */
+
+static void test_hang_times_out(void **state)
+{
+    (void)state;
+    tb_provider *h = start("hang", "--hang", NULL);
+    assert_non_null(h);
+    mu_client *c = client(tu_config("timeout_ms", "300", "retries", "0", NULL));
+    tu_outcome o;
+    unsigned long long t0 = tu_now_ms();
+    tu_call_sync(base, c, "hang:echo", NULL, NULL, &o);
+    unsigned long long ms = tu_now_ms() - t0;
+    assert_int_equal(o.status, MU_ETIMEDOUT);
+    assert_int_equal(o.attempts, 1);
+    assert_true(ms >= 290 && ms < 3000);
+
+    /* The deadline caps all attempts, even idempotent retries. */
+    mu_call_opts opt = MU_CALL_OPTS_INIT;
+    opt.timeout_ms = 400;
+    opt.retries = 5;
+    opt.deadline_ms = 700;
+    opt.idempotent = 1;
+    t0 = tu_now_ms();
+    tu_call_sync(base, c, "hang:echo", NULL, &opt, &o);
+    ms = tu_now_ms() - t0;
+    assert_int_equal(o.status, MU_ETIMEDOUT);
+    assert_int_equal(o.attempts, 2);
+    assert_true(ms >= 690 && ms < 3000);
+    mu_client_free(c);
+    tb_provider_free(h);
+}
+
+static void test_idempotent_only_retries_timeouts(void **state)
+{
+    (void)state;
+    tb_provider *h = start("idem", "--hang", NULL), *ok = start("idem", NULL, NULL);
+    assert_non_null(h);
+    assert_non_null(ok);
+    char hang_ep[32];
+    snprintf(hang_ep, sizeof hang_ep, "127.0.0.1:%d", tb_provider_port(h));
+    mu_client *c = client(tu_config("timeout_ms", "300", "idempotent", "idem:whoami", NULL));
+    tu_outcome o;
+    int non_idem_timeouts = 0, idem_retried = 0;
+    for (int i = 0; i < 6; i++) {
+        /* Not idempotent: a timeout is final, attempts == 1. */
+        tu_call_sync(base, c, "idem:echo", NULL, NULL, &o);
+        if (o.status == MU_ETIMEDOUT) {
+            assert_int_equal(o.attempts, 1);
+            assert_string_equal(o.endpoint, hang_ep);
+            assert_non_null(strstr(o.detail, "not idempotent"));
+            non_idem_timeouts++;
+        } else
+            assert_int_equal(o.status, MU_OK);
+        /* Idempotent by configuration: retried on the other provider. */
+        tu_call_sync(base, c, "idem:whoami", NULL, NULL, &o);
+        assert_int_equal(o.status, MU_OK);
+        if (o.attempts == 2)
+            idem_retried++;
+    }
+    assert_true(non_idem_timeouts >= 2);
+    assert_true(idem_retried >= 2);
+    mu_client_free(c);
+    tb_provider_free(h);
+    tb_provider_free(ok);
+}
+
+static void test_killed_provider_costs_no_failure(void **state)
+{
+    (void)state;
+    tb_provider *p[3];
+    for (int i = 0; i < 3; i++)
+        assert_non_null(p[i] = start("kill", "--session-ms 30000", NULL));
+    mu_client *c = client(tu_config(NULL));
+    tu_outcome o;
+    tu_call_sync(base, c, "kill:whoami", NULL, NULL, &o);
+    assert_int_equal(o.status, MU_OK);
+    /* Crash: the znode stays for the session timeout. */
+    tb_provider_kill(p[0], SIGKILL);
+    int retried = 0;
+    for (int i = 0; i < 60; i++) {
+        tu_call_sync(base, c, "kill:echo", "[1]", NULL, &o);
+        if (o.status != MU_OK)
+            fail_msg("call %d failed: %s", i, o.detail);
+        if (o.attempts == 2)
+            retried++;
+    }
+    /* The first pick of the dead one is retried; then it is ejected. */
+    assert_true(retried >= 1 && retried <= 3);
+    mu_client_free(c);
+    for (int i = 0; i < 3; i++)
+        tb_provider_free(p[i]);
+}
+
+static void test_remote_errors(void **state)
+{
+    (void)state;
+    tb_provider *p = start("err", NULL, NULL);
+    assert_non_null(p);
+    mu_client *c = client(tu_config(NULL));
+    tu_outcome o;
+    tu_call_sync(base, c, "err:fail", "[\"boom\"]", NULL, &o);
+    assert_int_equal(o.status, MU_EREMOTE);
+    assert_string_equal(o.error_name, "OtherError");
+    assert_int_equal(o.error_code, 500);
+    assert_int_equal(o.http_status, 500);
+    assert_int_equal(o.attempts, 1); /* never retried */
+    tb_provider *q = start("err", "--methods whoami", NULL); /* only to register no_such */
+    (void)q;
+    tu_call_sync(base, c, "err:nothing", NULL, NULL, &o);
+    assert_int_equal(o.status, MU_OK);
+    assert_string_equal(o.result, "null");
+    mu_client_free(c);
+    tb_provider_free(q);
+    tb_provider_free(p);
+}
+
+static void test_bad_responses(void **state)
+{
+    (void)state;
+    tb_provider *g = start("garb", "--garbage", NULL);
+    assert_non_null(g);
+    mu_client *c = client(tu_config(NULL));
+    tu_outcome o;
+    tu_call_sync(base, c, "garb:echo", NULL, NULL, &o);
+    assert_int_equal(o.status, MU_EPROTOCOL);
+    assert_non_null(strstr(o.detail, "127.0.0.1:"));
+    tb_provider *d = start("drop", "--drop-rate 1", NULL);
+    assert_non_null(d);
+    tu_call_sync(base, c, "drop:echo", NULL, NULL, &o);
+    assert_int_equal(o.status, MU_ETRANSPORT);
+    assert_int_equal(o.attempts, 1); /* not idempotent */
+    /* Other calls are not disturbed. */
+    tb_provider *ok = start("fine", NULL, NULL);
+    tu_call_sync(base, c, "fine:echo", "[2]", NULL, &o);
+    assert_int_equal(o.status, MU_OK);
+    mu_client_free(c);
+    tb_provider_free(ok);
+    tb_provider_free(d);
+    tb_provider_free(g);
+}
+
+static void test_protocol_variants(void **state)
+{
+    (void)state;
+    tb_provider *a = start("auth", "--auth s3cret", NULL);
+    tb_provider *j = start("jp", "--path /jsonp/", NULL);
+    assert_non_null(a);
+    assert_non_null(j);
+    mu_client *c = client(tu_config("protocol", "1.0.4", "auth_token", "s3cret", NULL));
+    tu_outcome o;
+    tu_call_sync(base, c, "auth:echo", "[\"t\"]", NULL, &o);
+    assert_int_equal(o.status, MU_OK);
+    mu_client_free(c);
+    c = client(tu_config("protocol", "1.0.4", "auth_token", "wrong", NULL));
+    tu_call_sync(base, c, "auth:echo", NULL, NULL, &o);
+    assert_int_equal(o.status, MU_EAUTH);
+    assert_int_equal(o.http_status, 401);
+    mu_client_free(c);
+    c = client(tu_config("protocol", "1.0.3", NULL));
+    tu_call_sync(base, c, "jp:echo", NULL, NULL, &o);
+    assert_int_equal(o.status, MU_OK);
+    mu_client_free(c);
+    tb_provider_free(a);
+    tb_provider_free(j);
+}
+
+/* ------------------------------------------------- cancel, free, misuse */
+
+static void test_cancel_and_free(void **state)
+{
+    (void)state;
+    tb_provider *s = start("slowc", "--delay-ms 500", NULL);
+    assert_non_null(s);
+    mu_client *c = client(tu_config(NULL));
+    tu_outcome warm;
+    tu_call_sync(base, c, "slowc:echo", NULL, NULL, &warm);
+    assert_int_equal(warm.status, MU_OK);
+
+    /* Cancel: the callback fires at once with MU_ECANCELLED, and only once. */
+    tu_outcome o = {0};
+    mu_call_handle *h = NULL;
+    assert_int_equal(mu_call(c, "slowc:echo", NULL, NULL, NULL, tu_record, &o, &h), MU_OK);
+    tu_run_for(base, 50);
+    assert_int_equal(o.fired, 0);
+    mu_call_cancel(h);
+    assert_int_equal(o.fired, 1);
+    assert_int_equal(o.status, MU_ECANCELLED);
+    tu_run_for(base, 700);
+    assert_int_equal(o.fired, 1);
+
+    /* Free with calls in flight: each fires once with MU_ECANCELLED. */
+    tu_outcome many[20];
+    memset(many, 0, sizeof many);
+    for (int i = 0; i < 20; i++)
+        assert_int_equal(mu_call(c, "slowc:echo", NULL, NULL, NULL, tu_record, &many[i], NULL), MU_OK);
+    tu_run_for(base, 50);
+    mu_client_free(c);
+    for (int i = 0; i < 20; i++) {
+        assert_int_equal(many[i].fired, 1);
+        assert_int_equal(many[i].status, MU_ECANCELLED);
+    }
+    tb_provider_free(s);
+}
+
+typedef struct freer {
+    mu_client *c;
+    int fired;
+    tu_outcome others[5];
+} freer;
+
+static void free_inside(const mu_result *r, void *user)
+{
+    freer *f = user;
+    (void)r;
+    f->fired++;
+    mu_client_free(f->c); /* from inside a callback */
+}
+
+static void test_free_from_callback(void **state)
+{
+    (void)state;
+    tb_provider *p = start("fic", NULL, NULL), *s = start("ficslow", "--delay-ms 2000", NULL);
+    assert_non_null(p);
+    assert_non_null(s);
+    mu_client *c = client(tu_config(NULL));
+    freer f;
+    memset(&f, 0, sizeof f);
+    f.c = c;
+    for (int i = 0; i < 5; i++)
+        assert_int_equal(mu_call(c, "ficslow:echo", NULL, NULL, NULL, tu_record, &f.others[i], NULL),
+                         MU_OK);
+    assert_int_equal(mu_call(c, "fic:echo", NULL, NULL, NULL, free_inside, &f, NULL), MU_OK);
+    tu_run_for(base, 1000);
+    assert_int_equal(f.fired, 1);
+    for (int i = 0; i < 5; i++) {
+        assert_int_equal(f.others[i].fired, 1);
+        assert_int_equal(f.others[i].status, MU_ECANCELLED);
+    }
+    tu_run_for(base, 100); /* nothing of the client may fire any more */
+    tb_provider_free(p);
+    tb_provider_free(s);
+}
+
+static void test_misuse(void **state)
+{
+    (void)state;
+    mu_client *c = client(tu_config(NULL));
+    tu_outcome o = {0};
+    const char *bad_targets[] = {"noColon", "a:b:c", ":m", "s:", "s p:m", "a/b:m"};
+    for (size_t i = 0; i < sizeof bad_targets / sizeof bad_targets[0]; i++) {
+        assert_int_equal(mu_call(c, bad_targets[i], NULL, NULL, NULL, tu_record, &o, NULL), MU_EINVAL);
+        assert_non_null(strstr(mu_client_errmsg(c), "SERVICE:METHOD"));
+    }
+    assert_int_equal(mu_call(c, "s:m", "{}", NULL, NULL, tu_record, &o, NULL), MU_EINVAL);
+    assert_non_null(strstr(mu_client_errmsg(c), "args must be a JSON array"));
+    assert_int_equal(mu_call(c, "s:m", "[1,", NULL, NULL, tu_record, &o, NULL), MU_EINVAL);
+    assert_int_equal(mu_call(c, "s:m", NULL, "[]", NULL, tu_record, &o, NULL), MU_EINVAL);
+    assert_int_equal(mu_call(c, "s:m", NULL, NULL, NULL, NULL, &o, NULL), MU_EINVAL);
+    mu_call_opts opt = MU_CALL_OPTS_INIT;
+    opt.policy = "fastest";
+    assert_int_equal(mu_call(c, "s:m", NULL, NULL, &opt, tu_record, &o, NULL), MU_EINVAL);
+    assert_non_null(strstr(mu_client_errmsg(c), "fastest"));
+    tu_run_for(base, 50);
+    assert_int_equal(o.fired, 0); /* no callback for a refused call */
+    mu_client_free(c);
+    mu_client_free(NULL);
+    mu_call_cancel(NULL);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_round_robin_exact, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_random_within_bounds, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_least_pending_avoids_slow, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_10000_calls_500_in_flight, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_hang_times_out, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_idempotent_only_retries_timeouts, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_killed_provider_costs_no_failure, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_remote_errors, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_bad_responses, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_protocol_variants, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cancel_and_free, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_free_from_callback, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_misuse, setup, teardown),
+    };
+    return cmocka_run_group_tests(tests, setup_all, teardown_all);
+}
