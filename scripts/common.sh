@@ -33,11 +33,16 @@ mu_install_deps() {
 
 # mu_build DIR [configure args...]: an out-of-tree build in $MU_TOP/DIR.
 mu_build() {
-    local dir=$MU_TOP/$1; shift
+    local name=$1 dir=$MU_TOP/$1; shift
     if [ ! -x "$MU_TOP/configure" ] || [ "$MU_TOP/configure.ac" -nt "$MU_TOP/configure" ] ||
        [ "$MU_TOP/Makefile.am" -nt "$MU_TOP/Makefile.in" ]; then
         mu_log "autoreconf"
         (cd "$MU_TOP" && autoreconf -fi >/dev/null 2>&1) || (cd "$MU_TOP" && autoreconf -fi)
+    fi
+    if [ -f "$MU_TOP/config.status" ]; then
+        # An in-tree ./configure blocks every out-of-tree build.
+        mu_log "removing the in-tree build (make distclean) so that $name can be built"
+        make -C "$MU_TOP" -s distclean >/dev/null 2>&1 || rm -f "$MU_TOP/config.status"
     fi
     mkdir -p "$dir"
     local want="$*"
