@@ -5,6 +5,7 @@
 #include "testbed.h"
 #include "zkloop.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <event2/event.h>
 #include <fcntl.h>
@@ -22,6 +23,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/uio.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -124,12 +126,42 @@ static void rm_tree(const char *dir)
         nftw(dir, rm_one, 16, FTW_DEPTH | FTW_PHYS);
 }
 
+/* Directories are named tb-<what>.<owner pid>.XXXXXX. A test killed by a
+ * signal runs no atexit handler (its servers still die: PDEATHSIG), so the
+ * next start removes the directories of owners that no longer exist. */
+static void remove_stale_dirs(const char *tmp)
+{
+    DIR *d = opendir(tmp);
+    if (!d)
+        return;
+    struct dirent *de;
+    while ((de = readdir(d))) {
+        char what[8];
+        int pid = 0, used = 0;
+        if (strncmp(de->d_name, "tb-", 3) != 0 ||
+            sscanf(de->d_name, "tb-%7[a-z].%d.%n", what, &pid, &used) != 2 || used == 0 ||
+            strlen(de->d_name + used) != 6 || pid <= 1)
+            continue;
+        if (kill(pid, 0) == 0 || errno != ESRCH)
+            continue;
+        char *path = xasprintf("%s/%s", tmp, de->d_name);
+        rm_tree(path);
+        free(path);
+    }
+    closedir(d);
+}
+
 static char *make_tempdir(const char *what)
 {
+    static int swept;
     const char *tmp = getenv("TMPDIR");
     if (!tmp || !*tmp)
         tmp = "/tmp";
-    char *dir = xasprintf("%s/tb-%s.XXXXXX", tmp, what);
+    if (!swept) {
+        swept = 1;
+        remove_stale_dirs(tmp);
+    }
+    char *dir = xasprintf("%s/tb-%s.%d.XXXXXX", tmp, what, (int)getpid());
     if (!mkdtemp(dir)) {
         tb_err("mkdtemp %s: %s", dir, strerror(errno));
         free(dir);
@@ -307,8 +339,14 @@ static pid_t spawn(const char *path, char *const argv[], char *const envp[], int
                 close(fd);
         }
         execve(path, argv, envp);
-        static const char msg[] = "testbed: exec failed\n";
-        ssize_t w = write(2, msg, sizeof msg - 1);
+        int err = errno;
+        char num[4] = {(char)('0' + err / 100 % 10), (char)('0' + err / 10 % 10),
+                       (char)('0' + err % 10), '\n'};
+        const struct iovec parts[] = {{(void *)"testbed: cannot exec ", 21},
+                                      {(void *)path, strlen(path)},
+                                      {(void *)": errno ", 8},
+                                      {num, sizeof num}};
+        ssize_t w = writev(2, parts, 4);
         (void)w;
         _exit(127);
     }
@@ -1515,12 +1553,12 @@ tb_provider *tb_provider_start(const char *zk_connstr, const char *const *extra_
         for (size_t i = 0; argv[i] && off < sizeof cmd; i++)
             off += (size_t)snprintf(cmd + off, sizeof cmd - off, "%s%s", i ? " " : "", argv[i]);
         tb_err("provider did not start: %s: %s", why, cmd);
-        if (exited_nowait(p->pid)) {
-            char st[64];
-            describe_status(st, sizeof st, reap(p->pid));
-            tb_err("provider pid %d ended with %s", (int)p->pid, st);
-            p->pid = 0;
-        }
+        if (!exited_nowait(p->pid))
+            kill(p->pid, SIGKILL);
+        char st[64];
+        describe_status(st, sizeof st, reap(p->pid));
+        tb_err("provider pid %d ended with %s", (int)p->pid, st);
+        p->pid = 0;
         free(argv);
         tb_provider_free(p);
         return NULL;

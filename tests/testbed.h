@@ -11,8 +11,12 @@
  * directories. Call everything from the thread that runs main(): the
  * parent-death signal fires when the thread that forked exits.
  *
- * Isolation. Each server lives in its own directory under $TMPDIR (or /tmp)
- * and gets free loopback ports, so tests can run in parallel (make -j check).
+ * Isolation. Each server lives in its own directory under $TMPDIR (or /tmp),
+ * tb-zk.<pid>.XXXXXX or tb-ens.<pid>.XXXXXX, and gets free loopback ports,
+ * so tests can run in parallel (make -j check). A test killed by a signal
+ * runs no atexit handler: the next start removes directories whose owner
+ * process is gone. A server's stdout and stderr (WARN and up, via
+ * slf4j-simple) go to <dir>/log, whose tail is printed when it fails.
  *
  * Errors. Functions that fail print one line saying why on stderr (with the
  * tail of the server's log when a server did not come up) and return NULL or
@@ -170,7 +174,8 @@ int tb_provider_running(const tb_provider *p);
  * as expected: exit status 0 (any signal), or death by sig itself (except
  * SIGTERM and SIGINT, which must give a clean exit). Otherwise it prints why
  * and returns the exit status (1..255; AddressSanitizer reports give 23), or
- * 128 + N for death by another signal N, or -1 if it was not running. */
+ * 128 + N for death by another signal N, 124 if it did not end within 10 s
+ * (it is then SIGKILLed), or -1 if it was not running. */
 int tb_provider_kill(tb_provider *p, int sig);
 /* SIGTERM (see tb_provider_kill) if still running, then free. */
 void tb_provider_free(tb_provider *p);
