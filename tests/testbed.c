@@ -1588,14 +1588,17 @@ int tb_provider_kill(tb_provider *p, int sig)
     if (!p || p->pid <= 0)
         return -1;
     pid_t pid = p->pid;
+    /* A stopped process must run to handle sig. SIGCONT goes first: sent
+     * after sig it could wake the process out of LeakSanitizer's exit-time
+     * stop, and the check then spins until the SIGKILL fallback. */
+    if (sig != SIGKILL && sig != SIGSTOP && sig != SIGTSTP && sig != SIGCONT)
+        kill(pid, SIGCONT);
     if (kill(pid, sig) < 0) {
         tb_err("kill(%d, %d): %s", (int)pid, sig, strerror(errno));
         return -1;
     }
     if (sig == SIGSTOP || sig == SIGTSTP || sig == SIGCONT)
         return 0;
-    if (sig != SIGKILL)
-        kill(pid, SIGCONT); /* a stopped process must run to handle sig */
     int st = 0, timed_out = 0;
     int64_t deadline = now_ms() + PROVIDER_EXIT_MS;
     for (;;) {
