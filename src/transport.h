@@ -52,7 +52,8 @@ void mu_xfer_free(mu_xfer *x);
 
 /* Starts POST url with body[0..len) and headers (all borrowed: they must stay
  * valid until the done callback or mu_xfer_cancel). timeout_ms bounds the
- * whole exchange. Returns 0, or -1 if curl refused (x is then idle). */
+ * whole exchange. Returns 0; -1 if x is already running (it is left
+ * running, its callback still due) or curl refused (x is then idle). */
 int mu_xfer_start(mu_xfer *x, const char *url, const char *body, size_t len,
                   const struct curl_slist *headers, long timeout_ms, mu_xfer_done_fn done,
                   void *user);
