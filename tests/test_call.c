@@ -457,6 +457,29 @@ static void test_bad_responses(void **state)
     tb_provider_free(g);
 }
 
+static void test_response_size_cap(void **state)
+{
+    (void)state;
+    tb_provider *p = start("cap", NULL, NULL);
+    assert_non_null(p);
+    mu_client *c = client(tu_config("max_response_bytes", "4096", NULL));
+    tu_outcome o;
+    /* 3000 bytes: under the cap, sent uncompressed. */
+    tu_call_sync(base, c, "cap:big", "[3000]", NULL, &o);
+    assert_int_equal(o.status, MU_OK);
+    /* 100000 bytes: the LZ4 body is small, but its declared size is over
+     * the cap, so it is refused before anything is allocated for it. */
+    tu_call_sync(base, c, "cap:big", "[100000]", NULL, &o);
+    assert_int_equal(o.status, MU_ETOOBIG);
+    assert_non_null(strstr(o.detail, "over the cap"));
+    assert_int_equal(o.attempts, 1);
+    /* The client goes on working. */
+    tu_call_sync(base, c, "cap:echo", "[1]", NULL, &o);
+    assert_int_equal(o.status, MU_OK);
+    mu_client_free(c);
+    tb_provider_free(p);
+}
+
 static void test_protocol_variants(void **state)
 {
     (void)state;
@@ -597,6 +620,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_killed_provider_costs_no_failure, setup, teardown),
         cmocka_unit_test_setup_teardown(test_remote_errors, setup, teardown),
         cmocka_unit_test_setup_teardown(test_bad_responses, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_response_size_cap, setup, teardown),
         cmocka_unit_test_setup_teardown(test_protocol_variants, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cancel_and_free, setup, teardown),
         cmocka_unit_test_setup_teardown(test_free_from_callback, setup, teardown),
