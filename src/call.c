@@ -131,6 +131,7 @@ static call_t *call_get(mu_client *c)
             return NULL;
         }
         mu_decoder_init(&k->dec, c->s.max_response);
+        k->dec.cache = &c->ycache;
     }
     k->qnext = NULL;
     k->ep = NULL;
@@ -366,6 +367,30 @@ static void on_xfer_done(mu_xfer *x, const mu_xfer_result *res, void *user)
         finish(k, st, "%s after %d attempt(s)", why, k->attempts);
 }
 
+static void put_hex(char *p, uint64_t v, int digits)
+{
+    static const char hex[] = "0123456789abcdef";
+    for (int i = digits - 1; i >= 0; i--, v >>= 4)
+        p[i] = hex[v & 15];
+}
+
+/* What snprintf("%08x-%04x-%04x-%04x-%012llx") of (hi, seq) prints, in a
+ * UUID's shape. snprintf took ~2,700 instructions a call here (callgrind),
+ * then the largest single item of the SDK's own work. */
+static void format_request_id(char out[37], uint64_t hi, uint64_t seq)
+{
+    put_hex(out, hi >> 32, 8);
+    out[8] = '-';
+    put_hex(out + 9, (hi >> 16) & 0xffffu, 4);
+    out[13] = '-';
+    put_hex(out + 14, hi & 0xffffu, 4);
+    out[18] = '-';
+    put_hex(out + 19, seq >> 48, 4);
+    out[23] = '-';
+    put_hex(out + 24, seq & 0xffffffffffffull, 12);
+    out[36] = '\0';
+}
+
 static void start_attempt(call_t *k)
 {
     mu_client *c = k->c;
@@ -387,10 +412,7 @@ static void start_attempt(call_t *k)
     long timeout = k->timeout_ms < remaining_ms ? k->timeout_ms : remaining_ms;
 
     c->id_seq++;
-    snprintf(k->request_id, sizeof k->request_id, "%08x-%04x-%04x-%04x-%012llx",
-             (unsigned)(c->id_hi >> 32), (unsigned)(c->id_hi >> 16) & 0xffffu,
-             (unsigned)c->id_hi & 0xffffu, (unsigned)(c->id_seq >> 48) & 0xffffu,
-             (unsigned long long)(c->id_seq & 0xffffffffffffull));
+    format_request_id(k->request_id, c->id_hi, c->id_seq);
     if (mu_encode_request_finish(&k->body, k->prefix_len, k->request_id) != 0) {
         finish(k, MU_ENOMEM, "out of memory encoding the request");
         return;
@@ -489,7 +511,7 @@ static int parse_json_arg(mu_client *c, const char **text, size_t *len, const ch
     }
     *len = strlen(*text);
     char err[200];
-    if (mu_json_check(*text, *len, want, err, sizeof err) != 0) {
+    if (mu_json_check_cached(&c->ycache, *text, *len, want, err, sizeof err) != 0) {
         mu_fmt(c->errmsg, sizeof c->errmsg, "%s", err);
         return -1;
     }
@@ -567,7 +589,18 @@ mu_status mu_call(mu_client *c, const char *target, const char *args, const char
     k->start_us = mu_now_us();
     k->deadline_us = k->start_us + (uint64_t)deadline_ms * 1000u;
     struct timeval tv = {deadline_ms / 1000, (deadline_ms % 1000) * 1000};
-    evtimer_add(k->timer, &tv);
+    const struct timeval *tvp = &tv;
+    /* Calls with the configured deadline share one of libevent's common
+     * timeouts: a FIFO, O(1) to add and remove, where the timer heap costs
+     * O(log n) each way (callgrind: ~800 instructions a call less at 1,000
+     * calls in flight). */
+    if (deadline_ms == c->s.deadline_ms) {
+        if (!c->deadline_tv)
+            c->deadline_tv = event_base_init_common_timeout(c->base, &tv);
+        if (c->deadline_tv)
+            tvp = c->deadline_tv;
+    }
+    evtimer_add(k->timer, tvp);
     c->stats.calls_started++;
     if (handle)
         *handle = k;

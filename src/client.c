@@ -271,6 +271,7 @@ void mu_client_destroy(mu_client *c)
     mu_registry_free(c->reg);
     c->reg = NULL;
     mu_calls_free_spares(c);
+    mu_yajl_cache_clear(&c->ycache);
     mu_view_free(c->view);
     mu_transport_free(c->tp);
     if (c->drain)

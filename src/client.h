@@ -64,6 +64,8 @@ struct mu_client {
     mu_transport *tp;
     struct curl_slist *headers; /* the fixed headers of 1.0.2 / 1.0.3 */
     mu_encoder enc;
+    mu_yajl_cache ycache; /* yajl's blocks, shared by the args check and every decoder */
+    const struct timeval *deadline_tv; /* libevent's common timeout for deadline_ms, or NULL */
     uint64_t rng;
     uint64_t id_hi, id_seq;
     /* calls */

@@ -3,9 +3,95 @@
 
 #include <lz4.h>
 #include <openssl/evp.h>
+#include <stddef.h>
+#include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <yajl/yajl_parse.h>
+
+/* ============================================================= yajl memory */
+
+/* Each block starts with its usable size; the union keeps what follows
+ * aligned as malloc would. Blocks over 64 KiB (a huge escaped string) are
+ * not kept. */
+typedef union ya_hdr {
+    size_t cap;
+    max_align_t align;
+} ya_hdr;
+
+#define YA_KEEP_MAX (64u * 1024u)
+
+/* Sizes are rounded up to 64 bytes, so that a parse asks for the sizes the
+ * last one freed: the best fit is usually an exact one. */
+static void *ya_malloc(void *ctx, size_t sz)
+{
+    mu_yajl_cache *c = ctx;
+    if (sz > SIZE_MAX - sizeof(ya_hdr) - 64)
+        return NULL;
+    size_t want = sz < 64 ? 64 : (sz + 63) & ~(size_t)63;
+    size_t best = c->n;
+    for (size_t i = 0; i < c->n; i++) {
+        size_t cap = ((ya_hdr *)c->blocks[i])->cap;
+        if (cap >= want && (best == c->n || cap < ((ya_hdr *)c->blocks[best])->cap)) {
+            best = i;
+            if (cap == want)
+                break;
+        }
+    }
+    ya_hdr *h;
+    if (best < c->n) {
+        h = c->blocks[best];
+        c->blocks[best] = c->blocks[--c->n];
+    } else {
+        if (!(h = malloc(sizeof *h + want)))
+            return NULL;
+        h->cap = want;
+    }
+    return h + 1;
+}
+
+static void ya_free(void *ctx, void *p)
+{
+    mu_yajl_cache *c = ctx;
+    if (!p)
+        return;
+    ya_hdr *h = (ya_hdr *)p - 1;
+    if (c->n < MU_YAJL_CACHE_SLOTS && h->cap <= YA_KEEP_MAX)
+        c->blocks[c->n++] = h;
+    else
+        free(h);
+}
+
+static void *ya_realloc(void *ctx, void *p, size_t sz)
+{
+    if (!p)
+        return ya_malloc(ctx, sz);
+    ya_hdr *h = (ya_hdr *)p - 1;
+    if (h->cap >= sz)
+        return p;
+    void *q = ya_malloc(ctx, sz);
+    if (!q)
+        return NULL;
+    memcpy(q, p, h->cap);
+    ya_free(ctx, p);
+    return q;
+}
+
+void mu_yajl_cache_clear(mu_yajl_cache *c)
+{
+    while (c->n)
+        free(c->blocks[--c->n]);
+}
+
+/* yajl_alloc() with the cache's functions, or yajl's own when cache is NULL. */
+static yajl_handle ya_parser(mu_yajl_cache *cache, const yajl_callbacks *cb, void *ctx)
+{
+    if (!cache)
+        return yajl_alloc(cb, NULL, ctx);
+    yajl_alloc_funcs afs = {ya_malloc, ya_realloc, ya_free, cache};
+    return yajl_alloc(cb, &afs, ctx);
+}
 
 /* ================================================================ requests */
 
@@ -35,6 +121,12 @@ void mu_encoder_cleanup(mu_encoder *e)
 
 int mu_json_check(const char *text, size_t len, char want, char *err, size_t errcap)
 {
+    return mu_json_check_cached(NULL, text, len, want, err, errcap);
+}
+
+int mu_json_check_cached(mu_yajl_cache *cache, const char *text, size_t len, char want, char *err,
+                         size_t errcap)
+{
     const char *what = want == '[' ? "args" : "kwargs";
     size_t i = 0;
     while (i < len && (text[i] == ' ' || text[i] == '\t' || text[i] == '\n' || text[i] == '\r'))
@@ -43,7 +135,7 @@ int mu_json_check(const char *text, size_t len, char want, char *err, size_t err
         mu_fmt(err, errcap, "%s must be a JSON %s", what, want == '[' ? "array" : "object");
         return -1;
     }
-    yajl_handle h = yajl_alloc(NULL, NULL, NULL);
+    yajl_handle h = ya_parser(cache, NULL, NULL);
     if (!h) {
         mu_fmt(err, errcap, "out of memory");
         return -1;
@@ -516,7 +608,7 @@ mu_status mu_decode_response(mu_decoder *d, const char *body, size_t len, long h
     e.scratch = &d->scratch;
     e.name_off = e.msg_off = e.id_off = (size_t)-1;
     mu_buf_reset(&d->scratch);
-    e.h = yajl_alloc(&env_callbacks, NULL, &e);
+    e.h = ya_parser(d->cache, &env_callbacks, &e);
     if (!e.h) {
         r->status = MU_ENOMEM;
         mu_fmt(r->detail, sizeof r->detail, "out of memory");
