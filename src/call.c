@@ -20,6 +20,7 @@ typedef struct mu_call_handle call_t;
 
 enum call_state {
     C_WAITING,  /* for its group's first load */
+    C_QUEUED,   /* an attempt waits for one of its endpoint's connections */
     C_RUNNING,  /* an attempt is in flight */
     C_DONE,     /* outcome known, queued for delivery */
     C_DELIVERING,
@@ -28,7 +29,8 @@ enum call_state {
 struct mu_call_handle {
     mu_client *c;
     struct mu_call_handle *prev, *next; /* c->live */
-    struct mu_call_handle *qnext;       /* done queue, or the group's waiters */
+    struct mu_call_handle *qnext;       /* done queue, the group's waiters, or the endpoint's queue */
+    struct mu_call_handle *qprev;       /* the endpoint's queue only */
     enum call_state state;
     mu_target *t;
     mu_call_cb cb;
@@ -38,6 +40,7 @@ struct mu_call_handle {
     mu_xfer *x;
     struct event *timer; /* the deadline */
     struct curl_slist *hdrs; /* per attempt, 1.0.4+ only */
+    const struct curl_slist *send_hdrs; /* the headers of the attempt */
     mu_endpoint *ep;     /* the attempt in flight holds ep->pending */
     mu_endpoint *tried[8];
     int ntried;
@@ -172,14 +175,83 @@ static void waiters_remove(call_t *k)
     k->qnext = NULL;
 }
 
+/* ----------------------------------------------------- per-endpoint queue */
+
+/* At most max_per_host attempts per endpoint are handed to curl; the rest
+ * wait here in order. curl 7.88's own pending queue costs more CPU per call
+ * and is unfair (bench: 1.5x the calls/s at 256 in flight with our own
+ * queue). The per-attempt timeout starts when the attempt leaves the
+ * queue; the call's deadline covers the wait. */
+
+static void queue_remove(call_t *k)
+{
+    mu_endpoint *e = k->ep;
+    if (k->qprev)
+        k->qprev->qnext = k->qnext;
+    else
+        e->queue_head = k->qnext;
+    if (k->qnext)
+        k->qnext->qprev = k->qprev;
+    else
+        e->queue_tail = k->qprev;
+    k->qnext = k->qprev = NULL;
+}
+
+static void on_xfer_done(mu_xfer *x, const mu_xfer_result *res, void *user);
+static void finish(call_t *k, mu_status st, const char *fmt, ...) MU_PRINTF(3, 4);
+
+/* Hands k's attempt to the transport. 0, or -1 after finishing the call. */
+static int launch(call_t *k)
+{
+    mu_endpoint *e = k->ep;
+    uint64_t now = mu_now_us();
+    k->state = C_RUNNING;
+    if (now >= k->deadline_us) {
+        end_attempt(k);
+        finish(k, MU_ETIMEDOUT, "deadline passed while attempt %d waited for a connection to %s",
+               k->attempts, k->endpoint);
+        return -1;
+    }
+    long remaining_ms = (long)((k->deadline_us - now + 999) / 1000);
+    long timeout = k->timeout_ms < remaining_ms ? k->timeout_ms : remaining_ms;
+    e->active++;
+    if (mu_xfer_start(k->x, e->url, k->body.data, k->body.len, k->send_hdrs, timeout, on_xfer_done,
+                      k) != 0) {
+        e->active--;
+        end_attempt(k);
+        finish(k, MU_ETRANSPORT, "the HTTP transport refused the request to %s", k->endpoint);
+        return -1;
+    }
+    return 0;
+}
+
+/* Starts queued attempts while e has room. */
+static void pump(mu_endpoint *e)
+{
+    while (e->queue_head && e->active < e->queue_head->c->s.max_per_host) {
+        call_t *k = e->queue_head;
+        queue_remove(k);
+        launch(k);
+    }
+}
+
 /* Stops whatever the call is doing (wait, attempt, deadline). */
 static void stop(call_t *k)
 {
     evtimer_del(k->timer);
     if (k->state == C_WAITING)
         waiters_remove(k);
-    if (k->state == C_RUNNING) {
+    /* k->ep is NULL once the attempt has ended (completed, or never left
+     * the queue): then there is nothing to undo. */
+    if (k->state == C_QUEUED && k->ep) {
+        queue_remove(k);
+        end_attempt(k);
+    }
+    if (k->state == C_RUNNING && k->ep) {
+        mu_endpoint *e = k->ep;
         mu_xfer_cancel(k->x);
+        e->active--;
+        pump(e); /* before end_attempt, which may free e */
         end_attempt(k);
     }
 }
@@ -302,6 +374,10 @@ static void on_xfer_done(mu_xfer *x, const mu_xfer_result *res, void *user)
     call_t *k = user;
     mu_client *c = k->c;
     mu_endpoint *e = k->ep;
+    /* The connection is free: the next queued attempt goes first. Queued
+     * attempts hold e->pending, so e outlives this. */
+    e->active--;
+    pump(e);
     k->http_status = res->http_status;
     int retry = 0;
     mu_status st;
@@ -408,8 +484,6 @@ static void start_attempt(call_t *k)
         finish(k, MU_ETIMEDOUT, "deadline passed before attempt %d", k->attempts + 1);
         return;
     }
-    long remaining_ms = (long)((k->deadline_us - now + 999) / 1000);
-    long timeout = k->timeout_ms < remaining_ms ? k->timeout_ms : remaining_ms;
 
     c->id_seq++;
     format_request_id(k->request_id, c->id_hi, c->id_seq);
@@ -451,11 +525,19 @@ static void start_attempt(call_t *k)
     k->attempts++;
     c->stats.attempts++;
     memcpy(k->endpoint, e->key, sizeof k->endpoint);
-    k->state = C_RUNNING;
-    if (mu_xfer_start(k->x, e->url, k->body.data, k->body.len, hdrs, timeout, on_xfer_done, k) != 0) {
-        end_attempt(k);
-        finish(k, MU_ETRANSPORT, "the HTTP transport refused the request to %s", e->key);
+    k->send_hdrs = hdrs;
+    if (e->active < c->s.max_per_host && !e->queue_head) {
+        launch(k);
+        return;
     }
+    k->state = C_QUEUED;
+    k->qnext = NULL;
+    k->qprev = e->queue_tail;
+    if (e->queue_tail)
+        e->queue_tail->qnext = k;
+    else
+        e->queue_head = k;
+    e->queue_tail = k;
 }
 
 /* ---------------------------------------------------------- entry points */
@@ -477,6 +559,12 @@ static void on_deadline(evutil_socket_t fd, short what, void *arg)
         else
             finish(k, MU_EDISCOVERY, "providers of %s not loaded within the %d ms deadline",
                    g->path, ms);
+    } else if (k->state == C_QUEUED) {
+        char ep[72];
+        memcpy(ep, k->endpoint, sizeof ep);
+        finish(k, MU_ETIMEDOUT,
+               "deadline of %d ms passed while attempt %d waited for a connection to %s", ms,
+               k->attempts, ep);
     } else if (k->state == C_RUNNING) {
         char ep[72];
         memcpy(ep, k->endpoint, sizeof ep);

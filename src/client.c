@@ -85,6 +85,7 @@ static mu_status apply_config(mu_client *c, const mu_config *cfg)
     s->deadline_ms = (int)mu_config_long(cfg, "deadline_ms");
     s->retries = (int)mu_config_long(cfg, "retries");
     s->eject_ms = (int)mu_config_long(cfg, "eject_ms");
+    s->max_per_host = (int)mu_config_long(cfg, "max_connections_per_host");
     s->max_response = (size_t)mu_config_long(cfg, "max_response_bytes");
     s->policy = (mu_policy)mu_policy_parse(mu_config_str(cfg, "policy"));
     const char *proto = mu_config_str(cfg, "protocol");

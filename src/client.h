@@ -39,6 +39,7 @@ typedef struct mu_watch {
 
 typedef struct mu_settings {
     int timeout_ms, connect_timeout_ms, deadline_ms, retries, eject_ms;
+    int max_per_host; /* attempts handed to curl per endpoint; the rest queue in order */
     mu_policy policy;
     int per_service;
     int json_headers; /* 1.0.4+: JSON content type, request id and auth token headers */

@@ -22,6 +22,8 @@ typedef struct mu_endpoint {
     unsigned fail_streak;    /* consecutive transport failures */
     uint64_t down_until_us;  /* not picked before this (mu_now_us clock) while others are up */
     struct mu_member *members; /* balance.c: one node per pool that holds this endpoint */
+    int active;          /* attempts handed to the transport (call.c) */
+    struct mu_call_handle *queue_head, *queue_tail; /* attempts waiting for a connection (call.c) */
 } mu_endpoint;
 
 #endif

@@ -457,6 +457,80 @@ static void test_bad_responses(void **state)
     tb_provider_free(g);
 }
 
+/* Attempts beyond max_connections_per_host wait in the SDK's own queue, in
+ * order; the deadline covers that wait, and a queued call can be cancelled. */
+typedef struct ordered {
+    int order[16];
+    int n;
+} ordered;
+
+typedef struct slot {
+    ordered *o;
+    int id;
+    tu_outcome out;
+} slot;
+
+static void slot_cb(const mu_result *r, void *user)
+{
+    slot *sl = user;
+    tu_record(r, &sl->out);
+    sl->o->order[sl->o->n++] = sl->id;
+}
+
+static int all_fired(void *arg)
+{
+    slot *sl = arg;
+    for (int i = 0; i < 8; i++)
+        if (!sl[i].out.fired)
+            return 0;
+    return 1;
+}
+
+static void test_per_endpoint_queue(void **state)
+{
+    (void)state;
+    tb_provider *p = start("q", "--delay-ms 100", NULL);
+    assert_non_null(p);
+    mu_client *c = client(tu_config("max_connections_per_host", "2", NULL));
+    tu_outcome o;
+    tu_call_sync(base, c, "q:echo", NULL, NULL, &o);
+    assert_int_equal(o.status, MU_OK);
+
+    ordered ord = {{0}, 0};
+    slot s[10];
+    memset(s, 0, sizeof s);
+    mu_call_handle *h9 = NULL;
+    for (int i = 0; i < 10; i++) {
+        s[i].o = &ord;
+        s[i].id = i;
+        mu_call_opts opt = MU_CALL_OPTS_INIT;
+        if (i == 8)
+            opt.deadline_ms = 150; /* behind 8 others on 2 connections: cannot start in time */
+        assert_int_equal(mu_call(c, "q:echo", NULL, NULL, &opt, slot_cb, &s[i], i == 9 ? &h9 : NULL),
+                         MU_OK);
+    }
+    mu_call_cancel(h9); /* queued: ends at once */
+    assert_int_equal(s[9].out.status, MU_ECANCELLED);
+    assert_true(tu_run_until(base, all_fired, s, 10000));
+    tu_run_for(base, 200);
+    for (int i = 0; i < 8; i++)
+        assert_int_equal(s[i].out.status, MU_OK);
+    assert_int_equal(s[8].out.fired, 1);
+    assert_int_equal(s[8].out.status, MU_ETIMEDOUT);
+    assert_non_null(strstr(s[8].out.detail, "waited for a connection"));
+    /* First in, first out: pairs of calls finish in the order they came. */
+    int pos[10];
+    for (int i = 0; i < ord.n; i++)
+        pos[ord.order[i]] = i;
+    for (int i = 0; i + 2 < 8; i++)
+        assert_true(pos[i] < pos[i + 2]);
+    mu_client_stats st;
+    mu_client_stats_get(c, &st);
+    assert_true(st.connections <= 2);
+    mu_client_free(c);
+    tb_provider_free(p);
+}
+
 static void test_response_size_cap(void **state)
 {
     (void)state;
@@ -620,6 +694,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_killed_provider_costs_no_failure, setup, teardown),
         cmocka_unit_test_setup_teardown(test_remote_errors, setup, teardown),
         cmocka_unit_test_setup_teardown(test_bad_responses, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_per_endpoint_queue, setup, teardown),
         cmocka_unit_test_setup_teardown(test_response_size_cap, setup, teardown),
         cmocka_unit_test_setup_teardown(test_protocol_variants, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cancel_and_free, setup, teardown),
