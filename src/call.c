@@ -77,6 +77,15 @@ static void live_unlink(call_t *k)
     k->prev = k->next = NULL;
 }
 
+static void call_destroy(call_t *k)
+{
+    mu_xfer_free(k->x);
+    event_free(k->timer);
+    mu_buf_free(&k->body);
+    mu_decoder_cleanup(&k->dec);
+    free(k);
+}
+
 static void recycle(call_t *k)
 {
     mu_client *c = k->c;
@@ -91,11 +100,7 @@ static void recycle(call_t *k)
         c->nspare++;
         return;
     }
-    mu_xfer_free(k->x);
-    event_free(k->timer);
-    mu_buf_free(&k->body);
-    mu_decoder_cleanup(&k->dec);
-    free(k);
+    call_destroy(k);
 }
 
 void mu_calls_free_spares(mu_client *c)
@@ -103,11 +108,7 @@ void mu_calls_free_spares(mu_client *c)
     while (c->spare) {
         call_t *k = c->spare;
         c->spare = k->qnext;
-        mu_xfer_free(k->x);
-        event_free(k->timer);
-        mu_buf_free(&k->body);
-        mu_decoder_cleanup(&k->dec);
-        free(k);
+        call_destroy(k);
     }
     c->nspare = 0;
 }
