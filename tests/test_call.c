@@ -7,6 +7,7 @@
 #include <cmocka.h>
 
 #include <math.h>
+#include <yajl/yajl_tree.h>
 #include <signal.h>
 
 #include "testbed.h"
@@ -212,11 +213,13 @@ static void test_least_pending_avoids_slow(void **state)
     assert_non_null(fast1);
     assert_non_null(fast2);
     assert_non_null(slow);
-    mu_client *c = client(tu_config("policy", "least-pending", NULL));
+    /* Round-robin by configuration, least-pending per call: the override
+     * is what keeps the slow one nearly idle (round-robin would give it 1/3). */
+    mu_client *c = client(tu_config("policy", "round-robin", NULL));
     tu_outcome o;
     tu_call_sync(base, c, "lp:whoami", NULL, NULL, &o);
     loadgen g;
-    run_load(&g, c, "lp:whoami", NULL, 2000, 16);
+    run_load(&g, c, "lp:whoami", "least-pending", 2000, 16);
     char slow_port[16];
     snprintf(slow_port, sizeof slow_port, "%d", tb_provider_port(slow));
     int slow_n = 0;
@@ -407,6 +410,37 @@ static void test_killed_provider_costs_no_failure(void **state)
     mu_client_free(c);
     for (int i = 0; i < 3; i++)
         tb_provider_free(p[i]);
+}
+
+static void parse_cb(const mu_result *r, void *user)
+{
+    int *ok = user;
+    char err[128];
+    struct yajl_val_s *v = mu_result_parse(r, err, sizeof err);
+    const char *path[] = {"kwargs", "k", NULL};
+    yajl_val k = v ? yajl_tree_get(v, path, yajl_t_string) : NULL;
+    const char *text = k ? YAJL_GET_STRING(k) : NULL;
+    *ok = text && strcmp(text, "v") == 0 ? 1 : -1;
+    yajl_tree_free(v);
+}
+
+static int parsed(void *arg)
+{
+    return *(int *)arg != 0;
+}
+
+static void test_result_parse(void **state)
+{
+    (void)state;
+    tb_provider *p = start("tree", NULL, NULL);
+    assert_non_null(p);
+    mu_client *c = client(tu_config(NULL));
+    int ok = 0;
+    assert_int_equal(mu_call(c, "tree:echo", "[1]", "{\"k\": \"v\"}", NULL, parse_cb, &ok, NULL), MU_OK);
+    assert_true(tu_run_until(base, parsed, &ok, 10000));
+    assert_int_equal(ok, 1);
+    mu_client_free(c);
+    tb_provider_free(p);
 }
 
 static void test_remote_errors(void **state)
@@ -692,6 +726,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_hang_times_out, setup, teardown),
         cmocka_unit_test_setup_teardown(test_idempotent_only_retries_timeouts, setup, teardown),
         cmocka_unit_test_setup_teardown(test_killed_provider_costs_no_failure, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_result_parse, setup, teardown),
         cmocka_unit_test_setup_teardown(test_remote_errors, setup, teardown),
         cmocka_unit_test_setup_teardown(test_bad_responses, setup, teardown),
         cmocka_unit_test_setup_teardown(test_per_endpoint_queue, setup, teardown),

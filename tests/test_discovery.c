@@ -71,6 +71,27 @@ static long endpoints(mu_client *c, const char *target)
     return (long)cc.n;
 }
 
+typedef struct calls_ctx {
+    const char *addr;
+    unsigned long long calls;
+} calls_ctx;
+
+static void calls_cb(const mu_endpoint_info *eps, size_t n, void *user)
+{
+    calls_ctx *cc = user;
+    for (size_t i = 0; i < n; i++)
+        if (strcmp(eps[i].address, cc->addr) == 0)
+            cc->calls = eps[i].calls;
+}
+
+/* Attempts sent to one endpoint, as introspection reports them. */
+static unsigned long long calls_of(mu_client *c, const char *target, const char *addr)
+{
+    calls_ctx cc = {addr, 0};
+    mu_client_endpoints(c, target, calls_cb, &cc);
+    return cc.calls;
+}
+
 typedef struct wait_n {
     mu_client *c;
     const char *target;
@@ -121,6 +142,18 @@ static void test_view_follows_each_change(void **state)
     }
     tu_call_sync(f.base, f.c, t, NULL, NULL, &o);
     assert_int_equal(o.status, MU_OK);
+
+    /* Per-endpoint counters survive a refresh of the set. */
+    unsigned long long before = calls_of(f.c, t, o.endpoint);
+    assert_true(before >= 1);
+    tb_provider *extra = tb_provider_start(tb_zk_connstr(zk), args);
+    assert_non_null(extra);
+    assert_true(wait_endpoints(&f, t, 4, 10000));
+    assert_int_equal(calls_of(f.c, t, o.endpoint), before);
+    assert_int_equal(tb_provider_kill(extra, SIGTERM), 0);
+    tb_provider_free(extra);
+    assert_true(wait_endpoints(&f, t, 3, 10000));
+    assert_int_equal(calls_of(f.c, t, o.endpoint), before);
 
     for (int i = 0; i < 3; i++) {
         mu_client_stats before, after;
@@ -216,6 +249,32 @@ static void test_duplicates_and_bad_data(void **state)
     assert_int_equal(st.znodes_skipped, 7); /* the provider's own bad node + 6 */
     fx_close(&f);
     tb_zkc_close(z);
+    tb_provider_free(p);
+}
+
+static int loaded_1(void *arg)
+{
+    mu_client_stats st;
+    mu_client_stats_get(arg, &st);
+    return st.zk_get >= 1;
+}
+
+static void test_preload(void **state)
+{
+    (void)state;
+    const char *args[] = {"--service", "pre", "--methods", "whoami", NULL};
+    tb_provider *p = tb_provider_start(tb_zk_connstr(zk), args);
+    assert_non_null(p);
+    fixture f;
+    fx_open(&f, tu_config("zk_hosts", tb_zk_connstr(zk), "preload", "pre:whoami, pre:other", NULL));
+    /* Loaded with no call made. */
+    assert_true(tu_run_until(f.base, loaded_1, f.c, 10000));
+    assert_int_equal(endpoints(f.c, "pre:whoami"), 1);
+    mu_client_stats st;
+    mu_client_stats_get(f.c, &st);
+    assert_int_equal(st.calls_started, 0);
+    assert_int_equal(st.zk_get_children, 2); /* both preload targets listed */
+    fx_close(&f);
     tb_provider_free(p);
 }
 
@@ -480,6 +539,7 @@ int main(void)
         cmocka_unit_test(test_view_follows_each_change),
         cmocka_unit_test(test_cold_load_1000),
         cmocka_unit_test(test_duplicates_and_bad_data),
+        cmocka_unit_test(test_preload),
         cmocka_unit_test(test_unreachable_zookeeper),
         cmocka_unit_test(test_static_list_without_zookeeper),
         cmocka_unit_test(test_per_service_layout),
