@@ -45,6 +45,7 @@ struct mu_call_handle {
     mu_endpoint *tried[8];
     int ntried;
     int attempts, max_attempts, idempotent, timeout_ms;
+    long attempt_timeout_ms; /* what the running attempt was given (may be cut by the deadline) */
     mu_policy policy;
     uint64_t start_us, deadline_us;
     char request_id[40];
@@ -58,6 +59,7 @@ struct mu_call_handle {
 };
 
 #define MAX_SPARES 4096
+#define KEEP_BYTES (64u * 1024u)
 
 
 static void on_deadline(evutil_socket_t fd, short what, void *arg);
@@ -95,6 +97,15 @@ static void recycle(call_t *k)
         k->hdrs = NULL;
     }
     if (c->nspare < MAX_SPARES && !c->dying) {
+        /* A spare keeps small buffers only: one huge response must not stay
+         * resident in every recycled call. */
+        mu_xfer_trim(k->x, KEEP_BYTES);
+        if (k->dec.plain.cap > KEEP_BYTES)
+            mu_buf_free(&k->dec.plain);
+        if (k->dec.scratch.cap > KEEP_BYTES)
+            mu_buf_free(&k->dec.scratch);
+        if (k->body.cap > KEEP_BYTES)
+            mu_buf_free(&k->body);
         k->qnext = c->spare;
         c->spare = k;
         c->nspare++;
@@ -137,7 +148,8 @@ static call_t *call_get(mu_client *c)
         mu_decoder_init(&k->dec, c->s.max_response);
         k->dec.cache = &c->ycache;
     }
-    k->qnext = NULL;
+    k->qnext = k->qprev = NULL;
+    k->state = C_RUNNING; /* neither waiting nor queued until told */
     k->ep = NULL;
     k->ntried = 0;
     k->attempts = 0;
@@ -215,6 +227,7 @@ static int launch(call_t *k)
     }
     long remaining_ms = (long)((k->deadline_us - now + 999) / 1000);
     long timeout = k->timeout_ms < remaining_ms ? k->timeout_ms : remaining_ms;
+    k->attempt_timeout_ms = timeout;
     e->active++;
     if (mu_xfer_start(k->x, e->url, k->body.data, k->body.len, k->send_hdrs, timeout, on_xfer_done,
                       k) != 0) {
@@ -277,7 +290,7 @@ static void finish(call_t *k, mu_status st, const char *fmt, ...)
     else
         c->done_head = k;
     c->done_tail = k;
-    event_active(c->drain, EV_TIMEOUT, 0);
+    mu_client_kick(c);
 }
 
 static void deliver(call_t *k)
@@ -332,22 +345,58 @@ static void terminate_result(call_t *k)
     r->result = s->data + off;
 }
 
+/* Unlinks k from a singly linked queue; 1 if it was there. */
+static int unlink_from(call_t **head, call_t **tail, call_t *k)
+{
+    call_t *prev = NULL;
+    for (call_t **pp = head; *pp; prev = *pp, pp = &(*pp)->qnext) {
+        if (*pp != k)
+            continue;
+        *pp = k->qnext;
+        if (tail && *tail == k)
+            *tail = prev;
+        k->qnext = NULL;
+        return 1;
+    }
+    return 0;
+}
+
 void mu_calls_drain(mu_client *c)
 {
-    while (c->done_head && !c->dying) {
-        call_t *k = c->done_head;
-        c->done_head = k->qnext;
-        if (!c->done_head)
-            c->done_tail = NULL;
+    /* Only what is queued now: completions queued by these callbacks wait
+     * for the next loop turn, so a callback that keeps failing and retrying
+     * synchronously cannot starve the loop. */
+    c->batch = c->done_head;
+    c->done_head = c->done_tail = NULL;
+    c->draining = 1;
+    while (c->batch && !c->dying) {
+        call_t *k = c->batch;
+        c->batch = k->qnext;
         deliver(k);
     }
     for (mu_watch *w = c->watches; w && !c->dying; w = w->next) {
-        if (!w->dirty)
+        if (!w->dirty || !w->fn)
             continue;
         w->dirty = 0;
         c->depth++;
         w->fn(w->target, mu_pool_size(w->g->pool), w->user);
         c->depth--;
+    }
+    c->draining = 0;
+    if (!c->dying) {
+        /* Watches removed from inside their callbacks are unlinked now. */
+        for (mu_watch **pp = &c->watches; *pp;) {
+            mu_watch *w = *pp;
+            if (w->fn) {
+                pp = &w->next;
+                continue;
+            }
+            *pp = w->next;
+            free(w->target);
+            free(w);
+        }
+        if (c->done_head)
+            mu_client_kick(c);
     }
 }
 
@@ -367,6 +416,27 @@ static void mark_down(call_t *k, mu_endpoint *e)
     if (ms > 30000)
         ms = 30000;
     e->down_until_us = mu_now_us() + ms * 1000u;
+}
+
+/* The endpoint is down: attempts still waiting in its queue have sent
+ * nothing, so they move to another provider now instead of each finding
+ * out the slow way. Moving does not use up one of their retries. */
+static void reroute_queue(mu_endpoint *e)
+{
+    /* Take the whole queue first: with no other provider, a call may be
+     * queued on e again, and must not be moved twice. */
+    call_t *q = e->queue_head;
+    e->queue_head = e->queue_tail = NULL;
+    while (q) {
+        call_t *next = q->qnext;
+        q->qnext = q->qprev = NULL;
+        end_attempt(q); /* e stays alive: the call in on_xfer_done still holds it */
+        q->attempts--;
+        q->c->stats.attempts--;
+        q->state = C_RUNNING;
+        start_attempt(q); /* e is in q->tried, so it is avoided while others exist */
+        q = next;
+    }
 }
 
 static void on_xfer_done(mu_xfer *x, const mu_xfer_result *res, void *user)
@@ -409,7 +479,12 @@ static void on_xfer_done(mu_xfer *x, const mu_xfer_result *res, void *user)
         st = MU_ECONNECT;
         mu_fmt(why, sizeof why, "connect to %s failed: %s", e->key,
                res->error[0] ? res->error : curl_easy_strerror(res->code));
-        mark_down(k, e);
+        /* A connect that ran out of the call's own deadline says nothing
+         * about the provider. */
+        if (!(res->code == CURLE_OPERATION_TIMEDOUT && k->attempt_timeout_ms < k->timeout_ms)) {
+            mark_down(k, e);
+            reroute_queue(e);
+        }
         retry = 1;
     } else if (res->code == CURLE_OPERATION_TIMEDOUT) {
         st = MU_ETIMEDOUT;
@@ -619,8 +694,12 @@ mu_status mu_call(mu_client *c, const char *target, const char *args, const char
 {
     if (!c)
         return MU_EINVAL;
-    if (c->dying) {
+    if (c->dying || c->free_requested) {
         mu_fmt(c->errmsg, sizeof c->errmsg, "mu_call: the client is being freed");
+        return MU_EINVAL;
+    }
+    if (c->in_log) {
+        mu_fmt(c->errmsg, sizeof c->errmsg, "mu_call: not from inside the log sink");
         return MU_EINVAL;
     }
     if (!target || !cb) {
@@ -651,9 +730,10 @@ mu_status mu_call(mu_client *c, const char *target, const char *args, const char
                "mu_call: bad option (timeout_ms and deadline_ms >= 0, retries -1 to 10)");
         return MU_EINVAL;
     }
-    mu_target *t = mu_client_target(c, target);
+    mu_status tst = MU_OK;
+    mu_target *t = mu_client_target(c, target, &tst);
     if (!t)
-        return strstr(c->errmsg, "memory") ? MU_ENOMEM : MU_EINVAL;
+        return tst;
 
     call_t *k = call_get(c);
     if (!k) {
@@ -710,9 +790,17 @@ mu_status mu_call(mu_client *c, const char *target, const char *args, const char
 
 void mu_call_cancel(mu_call_handle *k)
 {
-    if (!k || k->state == C_DONE || k->state == C_DELIVERING)
+    if (!k || k->state == C_DELIVERING)
         return;
     mu_client *c = k->c;
+    if (c->in_log)
+        return; /* not from the log sink: it runs inside the client's own work */
+    if (k->state == C_DONE) {
+        /* The outcome is known but not delivered: take it off the queue so
+         * that the callback fires now, as promised, and only now. */
+        if (!unlink_from(&c->batch, NULL, k) && !unlink_from(&c->done_head, &c->done_tail, k))
+            return;
+    }
     stop(k);
     k->status = MU_ECANCELLED;
     mu_fmt(k->detail, sizeof k->detail, "cancelled after %d attempt(s)", k->attempts);
@@ -726,7 +814,13 @@ void mu_call_cancel(mu_call_handle *k)
 void mu_calls_cancel_all(mu_client *c)
 {
     for (;;) {
-        call_t *k = c->done_head;
+        call_t *k = c->batch;
+        if (k) {
+            c->batch = k->qnext;
+            deliver(k);
+            continue;
+        }
+        k = c->done_head;
         if (k) {
             c->done_head = k->qnext;
             if (!c->done_head)

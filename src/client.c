@@ -22,9 +22,38 @@ static void on_drain(evutil_socket_t fd, short what, void *arg)
     MU_UNUSED(fd);
     MU_UNUSED(what);
     mu_client *c = arg;
+    if (c->free_requested) {
+        mu_client_free(c);
+        return;
+    }
     mu_calls_drain(c);
     if (c->dying && c->depth == 0)
         mu_client_destroy(c);
+}
+
+void mu_client_kick(mu_client *c)
+{
+    if (c->draining) {
+        /* A timer, not event_active: it runs after the next poll, so the
+         * loop's other events get their turn first. */
+        static const struct timeval now = {0, 0};
+        if (!event_pending(c->drain, EV_TIMEOUT, NULL))
+            event_add(c->drain, &now);
+    } else {
+        event_active(c->drain, EV_TIMEOUT, 0);
+    }
+}
+
+/* Every part logs through here, so that the user's sink runs with the
+ * client marked busy: it must not free the client under our feet. */
+static void log_trampoline(mu_log_level level, const char *msg, void *user)
+{
+    mu_client *c = user;
+    if (!c->user_log)
+        return;
+    c->in_log++;
+    c->user_log(level, msg, c->user_log_arg);
+    c->in_log--;
 }
 
 static void on_group_changed(mu_group *g, void *user)
@@ -33,10 +62,10 @@ static void on_group_changed(mu_group *g, void *user)
     mu_calls_group_changed(c, g);
     int notify = 0;
     for (mu_watch *w = c->watches; w; w = w->next)
-        if (w->g == g)
+        if (w->g == g && w->fn)
             notify = w->dirty = 1;
     if (notify)
-        event_active(c->drain, EV_TIMEOUT, 0);
+        mu_client_kick(c);
 }
 
 /* --------------------------------------------------------------- settings */
@@ -116,8 +145,8 @@ static mu_status apply_config(mu_client *c, const mu_config *cfg)
 
 static int valid_part(const char *s, size_t n)
 {
-    if (n == 0)
-        return 0;
+    if (n == 0 || (n == 1 && s[0] == '.') || (n == 2 && s[0] == '.' && s[1] == '.'))
+        return 0; /* not a znode name */
     for (size_t i = 0; i < n; i++) {
         unsigned char ch = (unsigned char)s[i];
         if (ch <= ' ' || ch == '/' || ch == ':' || ch == 0x7f)
@@ -126,8 +155,9 @@ static int valid_part(const char *s, size_t n)
     return 1;
 }
 
-mu_target *mu_client_target(mu_client *c, const char *target)
+mu_target *mu_client_target(mu_client *c, const char *target, mu_status *st)
 {
+    *st = MU_EINVAL;
     mu_target *t = mu_map_get(&c->targets, target);
     if (t)
         return t;
@@ -163,6 +193,7 @@ mu_target *mu_client_target(mu_client *c, const char *target)
     t = calloc(1, sizeof *t);
     if (!t) {
         mu_fmt(c->errmsg, sizeof c->errmsg, "out of memory");
+        *st = MU_ENOMEM;
         return NULL;
     }
     int fresh = mu_view_group(c->view, path, 0) == NULL;
@@ -170,6 +201,7 @@ mu_target *mu_client_target(mu_client *c, const char *target)
     if (!t->g || mu_map_put(&c->targets, target, t) != 0) {
         free(t);
         mu_fmt(c->errmsg, sizeof c->errmsg, "out of memory");
+        *st = MU_ENOMEM;
         return NULL;
     }
     t->split = sl;
@@ -203,8 +235,10 @@ mu_status mu_client_new(struct event_base *base, const mu_config *cfg, mu_client
     if (!c)
         goto fail;
     c->base = base;
-    c->log.fn = stderr_log;
+    c->log.fn = log_trampoline;
+    c->log.user = c;
     c->log.level = MU_LOG_WARN;
+    c->user_log = stderr_log;
     if ((st = apply_config(c, cfg)) != MU_OK)
         goto fail;
     st = MU_ENOMEM;
@@ -250,7 +284,8 @@ mu_status mu_client_new(struct event_base *base, const mu_config *cfg, mu_client
     const char *k;
     void *v;
     while (mu_map_next(&pl, &i, &k, &v)) {
-        if (!mu_client_target(c, k))
+        mu_status pst;
+        if (!mu_client_target(c, k, &pst))
             mu_log(&c->log, MU_LOG_WARN, "preload: %s", c->errmsg);
     }
     mu_map_clear(&pl);
@@ -304,6 +339,14 @@ void mu_client_free(mu_client *c)
 {
     if (!c)
         return;
+    if (c->in_log) {
+        /* From the log sink, which runs deep inside the client's own work:
+         * the drain event does it as soon as the loop turns. */
+        c->free_requested = 1;
+        event_active(c->drain, EV_TIMEOUT, 0);
+        return;
+    }
+    c->free_requested = 0;
     if (c->depth > 0) {
         /* Inside a callback: end the calls now, release the memory when the
          * outermost callback returns. */
@@ -320,8 +363,8 @@ void mu_client_set_log(mu_client *c, mu_log_level level, mu_log_fn fn, void *use
 {
     if (!c)
         return;
-    c->log.fn = fn;
-    c->log.user = user;
+    c->user_log = fn;
+    c->user_log_arg = user;
     c->log.level = level;
 }
 
@@ -351,9 +394,10 @@ mu_status mu_client_endpoints(mu_client *c, const char *target,
 {
     if (!c || !target || !fn)
         return MU_EINVAL;
-    mu_target *t = mu_client_target(c, target);
+    mu_status tst;
+    mu_target *t = mu_client_target(c, target, &tst);
     if (!t)
-        return MU_EINVAL;
+        return tst;
     if (t->g->state == MU_GROUP_LOADING) {
         mu_fmt(c->errmsg, sizeof c->errmsg, "providers of %s are still loading", t->g->path);
         return MU_ENOPROVIDER;
@@ -385,14 +429,18 @@ mu_status mu_client_watch(mu_client *c, const char *target,
 {
     if (!c || !target)
         return MU_EINVAL;
-    mu_target *t = mu_client_target(c, target);
+    mu_status tst;
+    mu_target *t = mu_client_target(c, target, &tst);
     if (!t)
-        return MU_EINVAL;
+        return tst;
     mu_watch **pp = &c->watches;
     while (*pp && strcmp((*pp)->target, target) != 0)
         pp = &(*pp)->next;
     if (!fn) {
-        if (*pp) {
+        if (*pp && c->depth > 0) {
+            (*pp)->fn = NULL; /* the drain may be walking the list: it unlinks it */
+            (*pp)->dirty = 0;
+        } else if (*pp) {
             mu_watch *w = *pp;
             *pp = w->next;
             free(w->target);
@@ -414,7 +462,7 @@ mu_status mu_client_watch(mu_client *c, const char *target,
     w->user = user;
     if (t->g->state != MU_GROUP_LOADING) {
         w->dirty = 1;
-        event_active(c->drain, EV_TIMEOUT, 0);
+        mu_client_kick(c);
     }
     return MU_OK;
 }

@@ -72,11 +72,17 @@ struct mu_client {
     /* calls */
     struct mu_call_handle *live;      /* every call not yet delivered or recycled */
     struct mu_call_handle *done_head, *done_tail;
+    struct mu_call_handle *batch;     /* the part of the done queue being delivered now */
     struct mu_call_handle *spare;     /* recycled call objects */
     size_t nspare;
     struct event *drain;       /* delivers queued completions and watch notices */
     int depth;                 /* user callbacks on the stack */
     int dying;                 /* mu_client_free() was called inside a callback */
+    int draining;              /* inside mu_calls_drain: new completions wait a turn */
+    int in_log;                /* inside the user's log sink */
+    int free_requested;        /* mu_client_free() from the log sink: done by the drain */
+    mu_log_fn user_log;        /* the user's sink; c->log calls it through client.c */
+    void *user_log_arg;
 };
 
 /* call.c */
@@ -84,11 +90,13 @@ void mu_calls_group_changed(mu_client *c, mu_group *g);
 void mu_calls_drain(mu_client *c);
 void mu_calls_cancel_all(mu_client *c);
 void mu_calls_free_spares(mu_client *c);
+/* Schedules the drain: at once, or on the next loop turn while draining. */
+void mu_client_kick(mu_client *c);
 
 /* client.c */
 void mu_client_destroy(mu_client *c);
 /* Resolves "svc:method" (creating and watching its group). NULL with
- * c->errmsg set when the target is malformed or memory runs out. */
-mu_target *mu_client_target(mu_client *c, const char *target);
+ * c->errmsg and *st (MU_EINVAL or MU_ENOMEM) set on failure. */
+mu_target *mu_client_target(mu_client *c, const char *target, mu_status *st);
 
 #endif
