@@ -570,6 +570,14 @@ mu_status mu_decode_response(mu_decoder *d, const char *body, size_t len, long h
         }
         if (pk_len - 4 > (size_t)INT32_MAX)
             return not_envelope(r, http, MU_ETOOBIG, "LZ4 body too large");
+        /* LZ4 expands at most about 255:1; a larger claim is a lie that would
+         * only make us reserve memory. */
+        if (declared > 255u * (uint64_t)(pk_len - 4) + 64u) {
+            mu_fmt(why, sizeof why,
+                   "LZ4 body declares %llu bytes, more than its %zu compressed bytes can hold",
+                   (unsigned long long)declared, pk_len - 4);
+            return not_envelope(r, http, MU_EPROTOCOL, why);
+        }
         mu_buf_reset(&d->plain);
         if (mu_buf_reserve(&d->plain, (size_t)declared + 1) != 0) {
             r->status = MU_ENOMEM;

@@ -9,7 +9,7 @@
 
 
 
-enum kind { K_STR, K_INT, K_ENUM, K_HOSTS, K_LIST, K_PATH };
+enum kind { K_STR, K_INT, K_ENUM, K_HOSTS, K_LIST, K_PATH, K_URLPATH };
 
 typedef struct key_spec {
     const char *name;
@@ -30,7 +30,7 @@ static const key_spec keys[] = {
      "registry layout: per-method (microutil 1.0.2) or per-service (1.0.8)"},
     {"protocol", "1.0.2", K_ENUM, 0, 0, "1.0.2|1.0.3|1.0.4|1.0.8",
      "wire variant: 1.0.3 posts to /jsonp/; 1.0.4+ sends JSON headers and the auth token"},
-    {"path", "", K_STR, 0, 0, NULL, "HTTP path override (default from protocol: /json/ or /jsonp/)"},
+    {"path", "", K_URLPATH, 0, 0, NULL, "HTTP path override (default from protocol: /json/ or /jsonp/)"},
     {"auth_token", "micromicro", K_STR, 0, 0, NULL,
      "shared secret for the 1.0.4+ micro-auth-token header (never logged)"},
     {"policy", "round-robin", K_ENUM, 0, 0, "round-robin|random|least-pending|p2c",
@@ -148,13 +148,27 @@ static int check_value(mu_config *cfg, const char *key, enum kind kind, long min
     case K_LIST:
         return 0;
     case K_PATH:
-        if (v[0] != '/' || (strlen(v) > 1 && v[strlen(v) - 1] == '/')) {
+        if (v[0] != '/' || v[strlen(v) - 1] == '/' || strlen(v) > 200) {
             mu_fmt(cfg->error, sizeof cfg->error,
                    "%s = '%s': expected an absolute path without a trailing slash, like /dubbo",
                    key, v);
             return -1;
         }
         return 0;
+    case K_URLPATH: {
+        size_t n = strlen(v);
+        int ok = n == 0 || (v[0] == '/' && n < 60);
+        for (size_t i = 0; ok && i < n; i++)
+            ok = v[i] > ' ' && v[i] < 0x7f && v[i] != '?' && v[i] != '#';
+        if (!ok) {
+            mu_fmt(cfg->error, sizeof cfg->error,
+                   "%s = '%s': expected an HTTP path starting with '/', under 60 characters, "
+                   "without spaces, '?' or '#'",
+                   key, v);
+            return -1;
+        }
+        return 0;
+    }
     case K_INT: {
         errno = 0;
         char *end;

@@ -81,6 +81,14 @@ static void child_watcher(zhandle_t *zh, int type, int state, const char *path, 
         list_group(r, ctx);
 }
 
+/* Errors that a reconnect or a new session cures; any other one will come
+ * back on every retry (no ACL for us, a path ZooKeeper refuses). */
+static int transient(int rc)
+{
+    return rc == ZCONNECTIONLOSS || rc == ZOPERATIONTIMEOUT || rc == ZSESSIONEXPIRED ||
+           rc == ZCLOSING || rc == ZINVALIDSTATE || rc == ZSESSIONMOVED;
+}
+
 static void data_done(int rc, const char *value, int len, const struct Stat *stat, const void *data)
 {
     MU_UNUSED(stat);
@@ -89,8 +97,10 @@ static void data_done(int rc, const char *value, int len, const struct Stat *sta
         mu_view_child_data(q->r->view, q->g, q->name, value ? value : "", value && len > 0 ? (size_t)len : 0);
     else if (rc == ZNONODE)
         mu_view_child_data(q->r->view, q->g, q->name, NULL, 0);
-    else
+    else if (transient(rc))
         mu_view_child_failed(q->r->view, q->g, q->name);
+    else
+        mu_view_child_unreadable(q->r->view, q->g, q->name, zerror(rc));
     free(q);
 }
 
@@ -145,10 +155,15 @@ static void children_done(int rc, const struct String_vector *strings, const str
         req *e = req_new(r, g, NULL);
         if (e && zoo_awexists(r->zh, g->path, child_watcher, g, exists_done, e) != ZOK)
             free(e);
-    } else if (rc != ZCLOSING && rc != ZSESSIONEXPIRED && rc != ZINVALIDSTATE) {
-        /* Connection loss or a timeout: listed again once connected. */
-        mu_log(r->log, MU_LOG_INFO, "listing %s failed: %s", g->path, zerror(rc));
+    } else if (transient(rc)) {
+        /* Listed again once connected. */
+        if (rc != ZCLOSING)
+            mu_log(r->log, MU_LOG_INFO, "listing %s failed: %s", g->path, zerror(rc));
         return;
+    } else {
+        /* It would fail the same way every time: say so, and end the wait. */
+        mu_log(r->log, MU_LOG_WARN, "cannot list %s: %s", g->path, zerror(rc));
+        mu_view_nonode(r->view, g);
     }
     if (g->relist) {
         g->relist = 0;
@@ -170,7 +185,12 @@ static void list_group(mu_registry *r, mu_group *g)
     int rc = zoo_awget_children2(r->zh, g->path, child_watcher, g, children_done, q);
     if (rc != ZOK) {
         free(q);
-        mu_log(r->log, MU_LOG_INFO, "listing %s: %s", g->path, zerror(rc));
+        if (transient(rc)) {
+            mu_log(r->log, MU_LOG_INFO, "listing %s: %s", g->path, zerror(rc));
+        } else {
+            mu_log(r->log, MU_LOG_WARN, "cannot list %s: %s", g->path, zerror(rc));
+            mu_view_nonode(r->view, g);
+        }
         return;
     }
     g->listing = 1;
@@ -258,7 +278,11 @@ static void on_renew(evutil_socket_t fd, short what, void *arg)
     mu_group *g;
     while (mu_view_next_group(r->view, &i, &g))
         g->listing = 0;
-    open_handle(r);
+    if (open_handle(r) != 0) {
+        /* A name in zk_hosts that does not resolve right now, say: try again. */
+        static const struct timeval again = {1, 0};
+        event_add(r->renew, &again);
+    }
 }
 
 mu_registry *mu_registry_new(struct event_base *base, mu_view *view, const char *hosts,

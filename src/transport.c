@@ -459,6 +459,12 @@ void mu_xfer_cancel(mu_xfer *x)
     x->user = NULL;
 }
 
+void mu_xfer_trim(mu_xfer *x, size_t keep)
+{
+    if (x && !x->running && x->body.cap > keep)
+        mu_buf_free(&x->body);
+}
+
 int mu_xfer_running(const mu_xfer *x)
 {
     return x ? x->running : 0;

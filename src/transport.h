@@ -60,6 +60,9 @@ int mu_xfer_start(mu_xfer *x, const char *url, const char *body, size_t len,
 /* Stops a running exchange; the done callback will not fire. No-op if idle. */
 void mu_xfer_cancel(mu_xfer *x);
 int mu_xfer_running(const mu_xfer *x);
+/* Frees the idle xfer's response buffer if it grew past keep bytes, so that
+ * one huge response does not stay resident in a reused xfer. */
+void mu_xfer_trim(mu_xfer *x, size_t keep);
 
 /* Connections opened so far (sum of CURLINFO_NUM_CONNECTS), for tests and benches. */
 uint64_t mu_transport_connections_opened(const mu_transport *t);

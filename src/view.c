@@ -314,6 +314,21 @@ int mu_parse_child_data(const char *data, size_t len, char *host, size_t hostcap
     return rc;
 }
 
+void mu_view_child_unreadable(mu_view *v, mu_group *g, const char *name, const char *why)
+{
+    struct znode *z = mu_map_get(&g->znodes, name);
+    if (!z || z->state != Z_FETCHING)
+        return;
+    g->fetching--;
+    z->state = Z_BAD;
+    if (v->stats)
+        v->stats->znodes_skipped++;
+    mu_log(v->log, MU_LOG_WARN, "skipping provider znode %s/%s: cannot read it: %s", g->path, name,
+           why);
+    if (g->fetching == 0 && g->have_latest && !g->incomplete)
+        apply(v, g, MU_GROUP_READY);
+}
+
 void mu_view_child_data(mu_view *v, mu_group *g, const char *name, const char *data, size_t len)
 {
     struct znode *z = mu_map_get(&g->znodes, name);

@@ -72,6 +72,8 @@ int mu_view_children(mu_view *v, mu_group *g, char *const *names, size_t n,
 void mu_view_child_data(mu_view *v, mu_group *g, const char *name, const char *data, size_t len);
 /* A child get failed (connection loss): apply nothing until a new list. */
 void mu_view_child_failed(mu_view *v, mu_group *g, const char *name);
+/* A child whose data can never be read (no ACL for us): skipped like bad data. */
+void mu_view_child_unreadable(mu_view *v, mu_group *g, const char *name, const char *why);
 /* The provider path does not exist. */
 void mu_view_nonode(mu_view *v, mu_group *g);
 
