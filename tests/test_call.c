@@ -695,7 +695,7 @@ static void test_misuse(void **state)
     (void)state;
     mu_client *c = client(tu_config(NULL));
     tu_outcome o = {0};
-    const char *bad_targets[] = {"noColon", "a:b:c", ":m", "s:", "s p:m", "a/b:m"};
+    const char *bad_targets[] = {"noColon", "a:b:c", ":m", "s:", "s p:m", "a/b:m", "s:..", ".:m"};
     for (size_t i = 0; i < sizeof bad_targets / sizeof bad_targets[0]; i++) {
         assert_int_equal(mu_call(c, bad_targets[i], NULL, NULL, NULL, tu_record, &o, NULL), MU_EINVAL);
         assert_non_null(strstr(mu_client_errmsg(c), "SERVICE:METHOD"));
@@ -714,6 +714,174 @@ static void test_misuse(void **state)
     mu_client_free(c);
     mu_client_free(NULL);
     mu_call_cancel(NULL);
+}
+
+/* ---------------------------------------------------- reentrancy edges */
+
+typedef struct watcher {
+    mu_client *c;
+    int fired;
+} watcher;
+
+static void unwatch_self(const char *target, size_t n, void *user)
+{
+    watcher *w = user;
+    (void)n;
+    w->fired++;
+    mu_client_watch(w->c, target, NULL, NULL); /* removes the watch being called */
+}
+
+static void test_reentrant_edges(void **state)
+{
+    (void)state;
+    tb_provider *p = start("re", NULL, NULL);
+    assert_non_null(p);
+    mu_client *c = client(tu_config(NULL));
+    tu_outcome o;
+    tu_call_sync(base, c, "re:echo", NULL, NULL, &o);
+    assert_int_equal(o.status, MU_OK);
+
+    /* A watch that removes itself from its own callback (ASan checks the rest). */
+    watcher w = {c, 0};
+    assert_int_equal(mu_client_watch(c, "re:echo", unwatch_self, &w), MU_OK);
+    assert_int_equal(mu_client_watch(c, "re:whoami", unwatch_self, &w), MU_OK);
+    tu_run_for(base, 300);
+    assert_int_equal(w.fired, 2);
+
+    /* Cancel a call whose outcome is known but not delivered yet: the
+     * callback fires inside cancel, once. */
+    tu_outcome d = {0};
+    mu_call_handle *h = NULL;
+    assert_int_equal(mu_call(c, "re:no_such_method_node", NULL, NULL, NULL, tu_record, &d, &h), MU_OK);
+    tu_run_for(base, 300); /* loaded: no node, so the outcome is queued at once */
+    tu_outcome d2 = {0};
+    assert_int_equal(mu_call(c, "re:no_such_method_node", NULL, NULL, NULL, tu_record, &d2, &h), MU_OK);
+    assert_int_equal(d2.fired, 0);
+    mu_call_cancel(h);
+    assert_int_equal(d2.fired, 1);
+    assert_int_equal(d2.status, MU_ECANCELLED);
+    tu_run_for(base, 50);
+    assert_int_equal(d2.fired, 1);
+    mu_client_free(c);
+    tb_provider_free(p);
+}
+
+/* A callback that calls again each time its call fails at once must not
+ * starve the loop: other events still run. */
+typedef struct spinner {
+    mu_client *c;
+    int calls;
+    int stop;
+    int timer_fired_at;
+} spinner;
+
+static void spin_cb(const mu_result *r, void *user)
+{
+    spinner *sp = user;
+    (void)r;
+    if (sp->stop)
+        return;
+    sp->calls++;
+    mu_call(sp->c, "spin:nothing_here", NULL, NULL, NULL, spin_cb, sp, NULL);
+}
+
+static void spin_timer(evutil_socket_t fd, short what, void *arg)
+{
+    spinner *sp = arg;
+    (void)fd;
+    (void)what;
+    sp->timer_fired_at = sp->calls;
+    sp->stop = 1;
+}
+
+static void test_drain_does_not_starve_the_loop(void **state)
+{
+    (void)state;
+    mu_client *c = client(tu_config("zk_hosts", "", NULL)); /* no ZooKeeper: no provider at once */
+    spinner sp = {c, 0, 0, -1};
+    assert_int_equal(mu_call(c, "spin:nothing_here", NULL, NULL, NULL, spin_cb, &sp, NULL), MU_OK);
+    struct event *t = evtimer_new(base, spin_timer, &sp);
+    struct timeval zero = {0, 0};
+    evtimer_add(t, &zero);
+    tu_run_for(base, 200);
+    event_free(t);
+    assert_true(sp.timer_fired_at >= 0);
+    assert_true(sp.timer_fired_at < 10);
+    mu_client_free(c);
+}
+
+/* The log sink may free the client: it happens when the loop turns. */
+typedef struct log_freer {
+    mu_client *c;
+    int freed;
+} log_freer;
+
+static void freeing_log(mu_log_level level, const char *msg, void *user)
+{
+    log_freer *lf = user;
+    (void)level;
+    (void)msg;
+    if (!lf->freed) {
+        lf->freed = 1;
+        mu_client_free(lf->c);
+    }
+}
+
+static void test_free_from_log_sink(void **state)
+{
+    (void)state;
+    mu_client *c = client(tu_config(NULL));
+    log_freer lf = {c, 0};
+    mu_client_set_log(c, MU_LOG_DEBUG, freeing_log, &lf);
+    tu_outcome o = {0};
+    /* Loading a target logs (a session, a listing); a pending call then
+     * ends with MU_ECANCELLED when the free happens. */
+    assert_int_equal(mu_call(c, "logfree:echo", NULL, NULL, NULL, tu_record, &o, NULL), MU_OK);
+    tu_run_for(base, 1000);
+    assert_int_equal(lf.freed, 1);
+    assert_int_equal(o.fired, 1);
+}
+
+/* Attempts queued on a provider that turns out dead move to another one
+ * without spending a retry each. */
+static void test_queue_moves_off_dead_provider(void **state)
+{
+    (void)state;
+    tb_provider *dead = start("mv", "--session-ms 30000", NULL), *live = start("mv", "--delay-ms 20", NULL);
+    assert_non_null(dead);
+    assert_non_null(live);
+    mu_client *c = client(tu_config("max_connections_per_host", "1", NULL));
+    tu_outcome o;
+    tu_call_sync(base, c, "mv:echo", NULL, NULL, &o);
+    assert_int_equal(o.status, MU_OK);
+    tb_provider_kill(dead, SIGKILL); /* its znode stays */
+    tu_outcome many[20];
+    memset(many, 0, sizeof many);
+    for (int i = 0; i < 20; i++)
+        assert_int_equal(mu_call(c, "mv:echo", NULL, NULL, NULL, tu_record, &many[i], NULL), MU_OK);
+    unsigned long long t0 = tu_now_ms();
+    while (tu_now_ms() - t0 < 10000) {
+        int done = 0;
+        for (int i = 0; i < 20; i++)
+            done += many[i].fired;
+        if (done == 20)
+            break;
+        tu_run_for(base, 20);
+    }
+    int twice = 0;
+    for (int i = 0; i < 20; i++) {
+        assert_int_equal(many[i].fired, 1);
+        if (many[i].status != MU_OK)
+            fail_msg("call %d: %s", i, many[i].detail);
+        if (many[i].attempts > 1)
+            twice++;
+    }
+    /* Only the attempt that met the refusal (and at most the one that the
+     * freed slot started at the same moment) took a second attempt. */
+    assert_true(twice <= 2);
+    mu_client_free(c);
+    tb_provider_free(dead);
+    tb_provider_free(live);
 }
 
 int main(void)
@@ -735,6 +903,10 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_cancel_and_free, setup, teardown),
         cmocka_unit_test_setup_teardown(test_free_from_callback, setup, teardown),
         cmocka_unit_test_setup_teardown(test_misuse, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_reentrant_edges, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_drain_does_not_starve_the_loop, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_free_from_log_sink, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_queue_moves_off_dead_provider, setup, teardown),
     };
     return cmocka_run_group_tests(tests, setup_all, teardown_all);
 }

@@ -315,6 +315,9 @@ static void test_hostile_bodies(void **state)
     assert_int_equal(DECODE("1\xff\xff\xff\xff\x00\x00", 200, NULL, &r), MU_ETOOBIG);
     /* Declares 2 MiB, over this decoder's 1 MiB cap. */
     assert_int_equal(DECODE("1\x00\x00\x20\x00\x10\x00", 200, NULL, &r), MU_ETOOBIG);
+    /* A declared size no LZ4 block of this length can expand to. */
+    assert_int_equal(DECODE("1\x40\x42\x0f\x00\x10\x41\x41\x41", 200, NULL, &r), MU_EPROTOCOL);
+    assert_non_null(strstr(r.detail, "compressed bytes can hold"));
     /* Within the cap but the data does not expand to it. */
     assert_int_equal(DECODE("1\x00\x01\x00\x00\x10\x41", 200, NULL, &r), MU_EPROTOCOL);
     /* Invalid UTF-8 inside the JSON string. */

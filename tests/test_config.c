@@ -57,6 +57,9 @@ static void test_bad_values_name_key_value_and_allowed(void **state)
         {"static.micro", "127.0.0.1", "not host:port"},
         {"policy.micro", "fast", "expected one of"},
         {"static.", "127.0.0.1:1", "expected static.SERVICE"},
+        {"zk_root", "/", "absolute path without a trailing slash"},
+        {"path", "json/", "starting with '/'"},
+        {"path", "/a b/", "without spaces"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         assert_int_equal(mu_config_set(c, cases[i].key, cases[i].value), MU_ECONFIG);
