@@ -158,6 +158,11 @@ MU_EXPORT void mu_client_free(mu_client *client);
  * Sends the client's log lines (ZooKeeper session changes, skipped znodes,
  * retries) at @p level and below to @p fn. The default sink writes WARN and
  * ERROR to stderr. @p fn NULL silences the client.
+ *
+ * The sink runs in the middle of the client's own work (inside ZooKeeper
+ * or curl processing), so from inside it mu_call() is refused with
+ * MU_EINVAL, mu_call_cancel() does nothing, and mu_client_free() is carried
+ * out when the loop next turns (the client must not be used after it).
  */
 MU_EXPORT void mu_client_set_log(mu_client *client, mu_log_level level, mu_log_fn fn, void *user);
 
@@ -275,7 +280,9 @@ MU_EXPORT mu_status mu_client_endpoints(mu_client *client, const char *target,
 /**
  * Calls @p fn whenever the endpoint set of @p target changes (and once when
  * it first loads, or is found to have no provider node). Loads @p target if
- * needed. One watcher per target; @p fn NULL removes it.
+ * needed. One watcher per target; @p fn NULL removes it, also from inside
+ * the watcher itself. The watcher runs from the loop, never inside
+ * mu_client_watch().
  */
 MU_EXPORT mu_status mu_client_watch(mu_client *client, const char *target,
                                     void (*fn)(const char *target, size_t n_endpoints, void *user),
