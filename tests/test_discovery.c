@@ -278,6 +278,34 @@ static void test_preload(void **state)
     tb_provider_free(p);
 }
 
+/* A provider znode we may not read is skipped; its siblings serve. */
+static void test_unreadable_child(void **state)
+{
+    (void)state;
+    const char *args[] = {"--service", "acl", "--methods", "whoami", NULL};
+    tb_provider *p = tb_provider_start(tb_zk_connstr(zk), args);
+    assert_non_null(p);
+    tb_zkc *z = tb_zkc_open(tb_zk_connstr(zk));
+    assert_non_null(z);
+    const char *data = "{\"host\": \"127.0.0.1\", \"port\": 9}";
+    assert_int_equal(tb_zkc_create_unreadable(z, "/dubbo/acl/whoami/provider/", data,
+                                              (int)strlen(data), ZOO_EPHEMERAL | ZOO_SEQUENCE, NULL, 0),
+                     0);
+    fixture f;
+    fx_open(&f, tu_config("zk_hosts", tb_zk_connstr(zk), "deadline_ms", "5000", NULL));
+    tu_outcome o;
+    tu_call_sync(f.base, f.c, "acl:whoami", NULL, NULL, &o);
+    if (o.status != MU_OK)
+        fail_msg("%s: %s", mu_status_name(o.status), o.detail);
+    assert_int_equal(endpoints(f.c, "acl:whoami"), 1);
+    mu_client_stats st;
+    mu_client_stats_get(f.c, &st);
+    assert_int_equal(st.znodes_skipped, 1);
+    fx_close(&f);
+    tb_zkc_close(z);
+    tb_provider_free(p);
+}
+
 static void test_unreachable_zookeeper(void **state)
 {
     (void)state;
@@ -540,6 +568,7 @@ int main(void)
         cmocka_unit_test(test_cold_load_1000),
         cmocka_unit_test(test_duplicates_and_bad_data),
         cmocka_unit_test(test_preload),
+        cmocka_unit_test(test_unreadable_child),
         cmocka_unit_test(test_unreachable_zookeeper),
         cmocka_unit_test(test_static_list_without_zookeeper),
         cmocka_unit_test(test_per_service_layout),

@@ -1291,8 +1291,8 @@ static void strings_done(int rc, const struct String_vector *strings, const void
     op->done = 1;
 }
 
-static int zkc_create1(tb_zkc *z, const char *path, const char *data, int len, int flags,
-                       char *out_path, int out_len)
+static int zkc_create_acl(tb_zkc *z, const char *path, const char *data, int len, int flags,
+                          const struct ACL_vector *acl, char *out_path, int out_len)
 {
     if (!z || !z->zh)
         return ZINVALIDSTATE;
@@ -1301,8 +1301,24 @@ static int zkc_create1(tb_zkc *z, const char *path, const char *data, int len, i
     op.buflen = out_len;
     if (!data)
         len = -1;
-    int rc = zoo_acreate(z->zh, path, data, len, &ZOO_OPEN_ACL_UNSAFE, flags, string_done, &op);
+    int rc = zoo_acreate(z->zh, path, data, len, acl, flags, string_done, &op);
     return zkc_finish(z, &op, rc, "create", path);
+}
+
+static int zkc_create1(tb_zkc *z, const char *path, const char *data, int len, int flags,
+                       char *out_path, int out_len)
+{
+    return zkc_create_acl(z, path, data, len, flags, &ZOO_OPEN_ACL_UNSAFE, out_path, out_len);
+}
+
+int tb_zkc_create_unreadable(tb_zkc *z, const char *path, const char *data, int len, int flags,
+                             char *out_path, int out_len)
+{
+    /* Only a client connecting from 10.9.9.9 may read it: nobody here. */
+    char scheme[] = "ip", who[] = "10.9.9.9";
+    struct ACL acl = {ZOO_PERM_ALL, {scheme, who}};
+    struct ACL_vector v = {1, &acl};
+    return zkc_create_acl(z, path, data, len, flags, &v, out_path, out_len);
 }
 
 int tb_zkc_mkdirs(tb_zkc *z, const char *path)

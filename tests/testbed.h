@@ -129,6 +129,11 @@ int tb_zkc_pump(tb_zkc *z, int ms);
  * NULL the created path (with the sequence suffix) is copied there. */
 int tb_zkc_create(tb_zkc *z, const char *path, const char *data, int len,
                   int flags, char *out_path, int out_len);
+/* Like tb_zkc_create (parents must exist), but with an ACL that lets only
+ * a client at 10.9.9.9 touch the node: reading it gives
+ * ZNOAUTH. For tests of znodes a client may list but not read. */
+int tb_zkc_create_unreadable(tb_zkc *z, const char *path, const char *data, int len, int flags,
+                             char *out_path, int out_len);
 /* Create path and all its missing ancestors: persistent, empty data. An
  * existing node is fine (ZOK). */
 int tb_zkc_mkdirs(tb_zkc *z, const char *path);
