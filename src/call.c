@@ -809,15 +809,24 @@ void mu_call_cancel(mu_call_handle *k)
         mu_client_destroy(c);
 }
 
-/* Every call not yet delivered ends now: queued ones with their outcome,
- * the rest with MU_ECANCELLED. Used by mu_client_free(). */
+/* A call whose outcome is known but not delivered, ended by the client's
+ * free: as promised, it gets MU_ECANCELLED like every other pending call. */
+static void deliver_cancelled(call_t *k)
+{
+    k->status = MU_ECANCELLED;
+    mu_fmt(k->detail, sizeof k->detail, "the client was freed");
+    deliver(k);
+}
+
+/* Every call not yet delivered ends now with MU_ECANCELLED. Used by
+ * mu_client_free(). */
 void mu_calls_cancel_all(mu_client *c)
 {
     for (;;) {
         call_t *k = c->batch;
         if (k) {
             c->batch = k->qnext;
-            deliver(k);
+            deliver_cancelled(k);
             continue;
         }
         k = c->done_head;
@@ -825,7 +834,7 @@ void mu_calls_cancel_all(mu_client *c)
             c->done_head = k->qnext;
             if (!c->done_head)
                 c->done_tail = NULL;
-            deliver(k);
+            deliver_cancelled(k);
             continue;
         }
         for (k = c->live; k && (k->state == C_DELIVERING || k->state == C_DONE); k = k->next)
@@ -833,8 +842,6 @@ void mu_calls_cancel_all(mu_client *c)
         if (!k)
             break;
         stop(k);
-        k->status = MU_ECANCELLED;
-        mu_fmt(k->detail, sizeof k->detail, "the client was freed");
-        deliver(k);
+        deliver_cancelled(k);
     }
 }

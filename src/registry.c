@@ -9,7 +9,6 @@
 #include "zkloop.h"
 
 struct mu_registry {
-    struct event_base *base;
     mu_view *view;
     const mu_logger *log;
     mu_client_stats *stats;
@@ -291,7 +290,6 @@ mu_registry *mu_registry_new(struct event_base *base, mu_view *view, const char 
     mu_registry *r = calloc(1, sizeof *r);
     if (!r)
         return NULL;
-    r->base = base;
     r->view = view;
     r->log = log;
     r->stats = stats;

@@ -39,7 +39,6 @@ typedef struct mu_group {
     int relist;            /* a watch fired while listing */
     int incomplete;        /* a child get failed: wait for the next list */
     void *waiters;         /* owned by the call layer: calls waiting for the first load */
-    void *watch;           /* owned by the client: the user's change watcher */
 } mu_group;
 
 typedef struct mu_view mu_view;

@@ -637,13 +637,20 @@ static void test_cancel_and_free(void **state)
     tu_run_for(base, 700);
     assert_int_equal(o.fired, 1);
 
-    /* Free with calls in flight: each fires once with MU_ECANCELLED. */
-    tu_outcome many[20];
+    /* Free with calls in flight: each fires once with MU_ECANCELLED, also
+     * one whose outcome (no provider node) is known but not delivered. */
+    tu_outcome many[20], known = {0};
     memset(many, 0, sizeof many);
     for (int i = 0; i < 20; i++)
         assert_int_equal(mu_call(c, "slowc:echo", NULL, NULL, NULL, tu_record, &many[i], NULL), MU_OK);
     tu_run_for(base, 50);
+    tu_call_sync(base, c, "slowc:no_node", NULL, NULL, &known); /* loads: no node */
+    assert_int_equal(known.status, MU_ENOPROVIDER);
+    memset(&known, 0, sizeof known);
+    assert_int_equal(mu_call(c, "slowc:no_node", NULL, NULL, NULL, tu_record, &known, NULL), MU_OK);
     mu_client_free(c);
+    assert_int_equal(known.fired, 1);
+    assert_int_equal(known.status, MU_ECANCELLED);
     for (int i = 0; i < 20; i++) {
         assert_int_equal(many[i].fired, 1);
         assert_int_equal(many[i].status, MU_ECANCELLED);
