@@ -8,9 +8,53 @@
  * Fault switches (--delay-ms, --fail-rate, --hang, --drop-rate, --garbage,
  * --bad-znode, --dup) let the tests exercise the SDK's error paths.
  *
- * Prints "READY <port>" on stdout once listening and registered.
- * SIGTERM/SIGINT: close the ZooKeeper session (nodes vanish) and free all.
+ * Network behaviours of real providers (PROTOCOL.md 6 and 6a):
+ *   --variant V        1.0.2: /json/, per-method znodes, no token.
+ *                      1.0.3: /jsonp/. 1.0.4 (1.0.5..1.0.7 alike): /jsonp/
+ *                      and micro-auth-token always checked (TOKEN
+ *                      "micromicro" unless --auth): a wrong token gets 401
+ *                      "Unauthorized" in plain text, a missing
+ *                      micro-auth-token or micro-request-id header gets
+ *                      InvalidRequestError (400). 1.0.8: as 1.0.4, and
+ *                      per-service znodes. --path, --auth and --layout win
+ *                      over what --variant sets. (Plain --auth without
+ *                      --variant answers a missing header with 401.)
+ *   --listen-delay-ms N  bind at start (so the port is known) but listen()
+ *                      only N ms after registering: until then connections
+ *                      are refused, as with a provider that registers
+ *                      ~0.2 s before its port listens. READY is printed
+ *                      once registered, NOT once listening.
+ *   --split-writes     Django runserver (wsgiref) on keep-alive: status line
+ *                      and headers in one send(), the body in another, Nagle
+ *                      on. A keep-alive client then waits for its delayed
+ *                      ACK (~40 ms) on every call.
+ *   --close-silently   uwsgi --http-socket: HTTP/1.1 answer without
+ *                      "Connection: close", then the connection is closed.
+ *   --workers N        uwsgi --http11-socket with N workers: N forked
+ *                      processes, each serving one keep-alive connection at
+ *                      a time until the client closes it; connections beyond
+ *                      N wait unserved in the accept queue. The master
+ *                      registers once and serves nothing; workers die with
+ *                      it (PR_SET_PDEATHSIG) and it reaps them on SIGTERM.
+ *                      One send() per answer (no stall) unless
+ *                      --split-writes is given too. --close-silently
+ *                      combines as well (uwsgi --http-socket, N workers).
+ *   --raw              the same server as those, plain: keep-alive, one
+ *                      send() per answer. On SIGTERM it closes idle
+ *                      connections at once (gunicorn-like), where evhttp
+ *                      keeps them until exit.
+ * The last four use a small HTTP/1.1 server of our own (evhttp cannot
+ * reproduce them); answers come from the same route()/handle_rpc() code.
+ *
+ * Prints "READY <port>" on stdout once registered (and, without
+ * --listen-delay-ms, listening).
+ * SIGTERM/SIGINT: stop listening at once (new connections are refused),
+ * close the ZooKeeper session (nodes vanish), let the requests already
+ * received be answered (--delay-ms too; --hang ones are dropped), then exit
+ * 0. A second signal exits at once. The port is bound with SO_REUSEADDR, so
+ * a new provider can take the same --port right away.
  */
+#define _GNU_SOURCE /* accept4, pipe2 */
 #include "zkloop.h"
 
 #include <event2/buffer.h>
@@ -26,6 +70,7 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <getopt.h>
 #include <math.h>
 #include <netinet/in.h>
@@ -35,8 +80,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -67,16 +114,36 @@ static struct {
     char **methods; /* NULL: all built-ins */
     size_t nmethods;
     int session_ms;
+    int auth_missing_400; /* --variant 1.0.4+: missing header is a 400 */
+    long listen_delay_ms;
+    int split_writes;
+    int raw;
+    int close_silently;
+    int workers;
 } opt;
 
 /* ------------------------------------------------------------ runtime */
 
 struct pend;
+struct rconn;
 
 static struct {
     struct event_base *base;
     struct evhttp *http;
     int port;
+    int lfd;                          /* listening socket until handed over */
+    struct evhttp_bound_socket *bound; /* evhttp mode, once listening */
+    struct event *lev;                /* raw mode: accept events */
+    struct event *listen_ev;          /* --listen-delay-ms timer */
+    struct event *drain_ev;           /* after SIGTERM: watchdog tick */
+    struct event *sigterm, *sigint;
+    struct rconn *rconns;             /* raw mode connections */
+    int stopping;
+    int quiet_ticks;
+    long inflight;    /* evhttp requests whose answer is not written yet */
+    pid_t *wpids;     /* --workers: the master's children */
+    int go_fd;        /* --workers --listen-delay-ms: closed to start them */
+    int is_worker;
     zhandle_t *zh;
     mu_zkloop *zl;
     int zk_outstanding;
@@ -844,6 +911,19 @@ static const char *reason_of(int status)
     }
 }
 
+/* After SIGTERM: exit once nothing received is left unanswered. */
+static void check_drained(void)
+{
+    if (g.stopping && !g.pends && !g.rconns && g.inflight <= 0)
+        event_base_loopbreak(g.base);
+}
+
+static void inflight_done(void)
+{
+    g.inflight--;
+    check_drained();
+}
+
 static void pend_free(struct pend *p)
 {
     if (p->prev)
@@ -868,9 +948,12 @@ static void on_conn_close(struct evhttp_connection *evcon, void *arg)
 {
     struct pend *p = arg;
     UNUSED(evcon);
+    int answerable = p->kind != P_HANG;
     if (evhttp_request_get_connection(p->req) == NULL)
         evhttp_request_free(p->req);
     pend_free(p);
+    if (answerable)
+        inflight_done();
 }
 
 static void send_now(struct evhttp_request *req, int status, const char *ctype,
@@ -878,6 +961,8 @@ static void send_now(struct evhttp_request *req, int status, const char *ctype,
 {
     struct evkeyvalq *h = evhttp_request_get_output_headers(req);
     evhttp_add_header(h, "Content-Type", ctype);
+    if (g.stopping) /* draining: tell the client not to reuse it */
+        evhttp_add_header(h, "Connection", "close");
     if (body)
         evbuffer_add(evhttp_request_get_output_buffer(req), body, len);
     evhttp_send_reply(req, status, reason_of(status), buf);
@@ -907,6 +992,7 @@ static void drop_connection(struct pend *p, struct evhttp_connection *evcon)
     evhttp_connection_set_closecb(evcon, NULL, NULL);
     pend_free(p);
     evhttp_connection_free(evcon); /* frees the request too */
+    inflight_done();
 }
 
 static void on_pend_timer(evutil_socket_t fd, short what, void *arg)
@@ -918,6 +1004,7 @@ static void on_pend_timer(evutil_socket_t fd, short what, void *arg)
     if (!evcon) { /* not expected: on_conn_close runs first */
         evhttp_request_free(p->req);
         pend_free(p);
+        inflight_done();
         return;
     }
     if (p->kind == P_DROP) {
@@ -927,6 +1014,19 @@ static void on_pend_timer(evutil_socket_t fd, short what, void *arg)
     evhttp_connection_set_closecb(evcon, NULL, NULL);
     send_now(p->req, p->status, p->ctype, NULL, 0, p->body);
     pend_free(p);
+}
+
+static void hang_close(struct pend *p)
+{
+    struct evhttp_connection *evcon = evhttp_request_get_connection(p->req);
+    if (!evcon) {
+        evhttp_request_free(p->req);
+        pend_free(p);
+        return;
+    }
+    evhttp_connection_set_closecb(evcon, NULL, NULL);
+    pend_free(p);
+    evhttp_connection_free(evcon);
 }
 
 /* Hang mode: evhttp does not read while a request is unanswered, so it
@@ -943,15 +1043,18 @@ static void on_hang_watch(evutil_socket_t fd, short what, void *arg)
     }
     if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
         return;
-    struct evhttp_connection *evcon = evhttp_request_get_connection(p->req);
-    if (!evcon) {
-        evhttp_request_free(p->req);
-        pend_free(p);
-        return;
+    hang_close(p);
+}
+
+/* After SIGTERM: a hanging request will never be answered; close it. */
+static void close_hung(void)
+{
+    struct pend *next;
+    for (struct pend *p = g.pends; p; p = next) {
+        next = p->next;
+        if (p->kind == P_HANG)
+            hang_close(p);
     }
-    evhttp_connection_set_closecb(evcon, NULL, NULL);
-    pend_free(p);
-    evhttp_connection_free(evcon);
 }
 
 static void deliver(struct evhttp_request *req, int kind, const struct reply *r)
@@ -1005,13 +1108,12 @@ static void set_json_reply(struct reply *r, int status)
     body_finish(&r->body, &r->len);
 }
 
-static int auth_ok(struct evhttp_request *req)
+enum { AUTH_OK, AUTH_BAD, AUTH_MISSING };
+
+static int auth_check(const char *rid, const char *tok)
 {
-    struct evkeyvalq *in = evhttp_request_get_input_headers(req);
-    const char *rid = evhttp_find_header(in, "micro-request-id");
-    const char *tok = evhttp_find_header(in, "micro-auth-token");
     if (!rid || !tok)
-        return 0;
+        return AUTH_MISSING;
     /* md5 hex of (TOKEN + request_id) * 3 */
     sbuf s = {0};
     for (int i = 0; i < 3; i++) {
@@ -1023,25 +1125,27 @@ static int auth_ok(struct evhttp_request *req)
     int ok = EVP_Digest(s.p, s.len, md, &mdlen, EVP_md5(), NULL);
     sb_free(&s);
     if (!ok || mdlen != 16)
-        return 0;
+        return AUTH_BAD;
     char hex[33];
     for (unsigned i = 0; i < 16; i++) {
         hex[2 * i] = hexd[md[i] >> 4];
         hex[2 * i + 1] = hexd[md[i] & 15];
     }
     hex[32] = 0;
-    return strcmp(hex, tok) == 0;
+    return strcmp(hex, tok) == 0 ? AUTH_OK : AUTH_BAD;
 }
 
-static void handle_rpc(struct evhttp_request *req, struct reply *r)
+static void invalid_request(struct reply *r)
 {
-    struct evbuffer *in = evhttp_request_get_input_buffer(req);
-    size_t len = evbuffer_get_length(in);
-    const unsigned char *text = len ? evbuffer_pullup(in, -1) : (const unsigned char *)"";
+    json_error(NULL, "InvalidRequestError", -32600, "InvalidRequestError: Invalid Request.");
+    set_json_reply(r, 400);
+}
+
+static void handle_rpc(const unsigned char *text, size_t len, struct reply *r)
+{
     jnode *root = memchr(text, 0, len) ? NULL : json_parse(text, len);
     if (!root || root->type != J_OBJ) {
-        json_error(NULL, "InvalidRequestError", -32600, "InvalidRequestError: Invalid Request.");
-        set_json_reply(r, 400);
+        invalid_request(r);
         return;
     }
     struct call c;
@@ -1076,48 +1180,567 @@ static void handle_rpc(struct evhttp_request *req, struct reply *r)
 
 static const char garbage[] = "\xde\xad\xbe\xef not a microutil body \x00\x01\x02\n";
 
+/* One request, whichever server read it. */
+struct rq {
+    int get; /* GET or HEAD */
+    const char *uri;
+    const unsigned char *body;
+    size_t blen;
+    const char *rid; /* micro-request-id header, NULL when absent */
+    const char *tok; /* micro-auth-token header, NULL when absent */
+};
+
+/* What the Django provider answers: fills r (its body is static or in
+ * g_json/g_lz, valid until the next request) and returns P_REPLY, P_DROP
+ * or P_HANG (r unused). */
+static int route(const struct rq *q, struct reply *r)
+{
+    memset(r, 0, sizeof *r);
+    r->delay_ms = opt.delay_ms;
+    size_t plen = strcspn(q->uri, "?#");
+    if (plen != opt.path_len || memcmp(q->uri, opt.path, plen) != 0) {
+        static const char nf[] = "<h1>Not Found</h1><p>The requested resource was not found on this server.</p>";
+        r->status = 404;
+        r->ctype = "text/html; charset=utf-8";
+        r->body = nf;
+        r->len = sizeof nf - 1;
+        return P_REPLY;
+    }
+    if (opt.hang)
+        return P_HANG;
+    int kind = roll(opt.drop_rate) ? P_DROP : P_REPLY;
+    int auth = opt.auth && !opt.garbage && !q->get ? auth_check(q->rid, q->tok) : AUTH_OK;
+    if (opt.garbage) {
+        r->status = 200;
+        r->ctype = ctype_rpc;
+        r->body = garbage;
+        r->len = sizeof garbage - 1;
+    } else if (q->get) {
+        json_error(NULL, "InvalidRequestError", -32600,
+                   "InvalidRequestError: The method not support GET requests");
+        set_json_reply(r, 400);
+    } else if (auth == AUTH_MISSING && opt.auth_missing_400) {
+        invalid_request(r);
+    } else if (auth != AUTH_OK) {
+        static const char un[] = "Unauthorized";
+        r->status = 401;
+        r->ctype = "text/plain; charset=utf-8";
+        r->body = un;
+        r->len = sizeof un - 1;
+    } else {
+        handle_rpc(q->blen ? q->body : (const unsigned char *)"", q->blen, r);
+        arena_reset(0);
+    }
+    return kind;
+}
+
+static void on_req_complete(struct evhttp_request *req, void *arg)
+{
+    UNUSED(req);
+    UNUSED(arg);
+    inflight_done();
+}
+
 static void on_request(struct evhttp_request *req, void *arg)
 {
     UNUSED(arg);
-    const char *uri = evhttp_request_get_uri(req);
-    size_t plen = strcspn(uri, "?#");
-    struct reply r = {0};
-    r.delay_ms = opt.delay_ms;
-    if (plen != opt.path_len || memcmp(uri, opt.path, plen) != 0) {
-        static const char nf[] = "<h1>Not Found</h1><p>The requested resource was not found on this server.</p>";
-        r.status = 404;
-        r.ctype = "text/html; charset=utf-8";
-        r.body = nf;
-        r.len = sizeof nf - 1;
-        deliver(req, P_REPLY, &r);
-        return;
-    }
-    if (opt.hang) {
-        deliver(req, P_HANG, NULL);
-        return;
-    }
-    int kind = roll(opt.drop_rate) ? P_DROP : P_REPLY;
+    struct evkeyvalq *hdrs = evhttp_request_get_input_headers(req);
+    struct evbuffer *in = evhttp_request_get_input_buffer(req);
     enum evhttp_cmd_type cmd = evhttp_request_get_command(req);
-    if (opt.garbage) {
-        r.status = 200;
-        r.ctype = ctype_rpc;
-        r.body = garbage;
-        r.len = sizeof garbage - 1;
-    } else if (cmd == EVHTTP_REQ_GET || cmd == EVHTTP_REQ_HEAD) {
-        json_error(NULL, "InvalidRequestError", -32600,
-                   "InvalidRequestError: The method not support GET requests");
-        set_json_reply(&r, 400);
-    } else if (opt.auth && !auth_ok(req)) {
-        static const char un[] = "Unauthorized";
-        r.status = 401;
-        r.ctype = "text/plain; charset=utf-8";
-        r.body = un;
-        r.len = sizeof un - 1;
-    } else {
-        handle_rpc(req, &r);
-        arena_reset(0);
+    struct rq q;
+    q.get = cmd == EVHTTP_REQ_GET || cmd == EVHTTP_REQ_HEAD;
+    q.uri = evhttp_request_get_uri(req);
+    q.blen = evbuffer_get_length(in);
+    q.body = q.blen ? evbuffer_pullup(in, -1) : NULL;
+    q.rid = evhttp_find_header(hdrs, "micro-request-id");
+    q.tok = evhttp_find_header(hdrs, "micro-auth-token");
+    struct reply r;
+    int kind = route(&q, &r);
+    if (kind != P_HANG) { /* a hanging request is never answered */
+        g.inflight++;
+        evhttp_request_set_on_complete_cb(req, on_req_complete, NULL);
     }
-    deliver(req, kind, &r);
+    deliver(req, kind, kind == P_HANG ? NULL : &r);
+}
+
+/* ------------------------------------------------------------ raw server
+ * For what evhttp cannot reproduce (--split-writes, --close-silently,
+ * --workers): non-blocking sockets on the same loop, requests served one at
+ * a time per connection (like Python's http.server and uwsgi), answered by
+ * route() so the bodies are the evhttp mode's bytes. Only Content-Length
+ * bodies: anything else gets 400 and the connection is closed. */
+
+#define RAW_HEAD_MAX 65536
+#define RAW_BODY_MAX (1024LL * 1024 * 1024)
+
+enum { RC_IDLE, RC_BUSY, RC_HANG };
+
+struct rconn {
+    struct rconn *prev, *next;
+    evutil_socket_t fd;
+    struct event *rev, *wev, *timer;
+    struct evbuffer *in, *out;
+    int state;
+    int close_after; /* close once the answer is written */
+    int peer_eof;
+    int sent100;
+    /* a delayed answer (RC_BUSY) */
+    int head; /* HEAD: no body */
+    int kind;
+    struct reply r;
+    struct evbuffer *body;
+};
+
+/* A parsed request head. */
+struct rhead {
+    char method[16];
+    char uri[8192];
+    char rid[512], tok[512];
+    int has_rid, has_tok;
+    int minor; /* HTTP/1.minor */
+    int conn_close, conn_keep, expect100;
+    long long clen; /* -1: no Content-Length */
+};
+
+static int name_is(const char *s, size_t n, const char *name)
+{
+    return strlen(name) == n && strncasecmp(s, name, n) == 0;
+}
+
+static int hv_copy(char *dst, size_t cap, const char *v, size_t n, int *has)
+{
+    if (n >= cap)
+        return -1;
+    memcpy(dst, v, n);
+    dst[n] = 0;
+    *has = 1;
+    return 0;
+}
+
+static int hv_clen(struct rhead *h, const char *v, size_t n)
+{
+    long long x = 0;
+    if (n == 0 || n > 15)
+        return -1;
+    for (size_t i = 0; i < n; i++) {
+        if (v[i] < '0' || v[i] > '9')
+            return -1;
+        x = x * 10 + (v[i] - '0');
+    }
+    if (h->clen >= 0 && h->clen != x)
+        return -1;
+    h->clen = x;
+    return 0;
+}
+
+/* Connection: a comma-separated token list. */
+static void hv_connection(struct rhead *h, const char *v, size_t n)
+{
+    size_t i = 0;
+    while (i < n) {
+        while (i < n && (v[i] == ',' || v[i] == ' ' || v[i] == '\t'))
+            i++;
+        size_t j = i;
+        while (j < n && v[j] != ',' && v[j] != ' ' && v[j] != '\t')
+            j++;
+        if (name_is(v + i, j - i, "close"))
+            h->conn_close = 1;
+        else if (name_is(v + i, j - i, "keep-alive"))
+            h->conn_keep = 1;
+        i = j;
+    }
+}
+
+static int raw_header(struct rhead *h, const char *line, size_t n)
+{
+    const char *colon = memchr(line, ':', n);
+    if (!colon || colon == line)
+        return -1;
+    size_t kl = (size_t)(colon - line);
+    for (size_t i = 0; i < kl; i++)
+        if (line[i] <= ' ' || line[i] >= 0x7f)
+            return -1; /* also obsolete line folding */
+    const char *v = colon + 1;
+    size_t vl = n - kl - 1;
+    while (vl && (*v == ' ' || *v == '\t')) {
+        v++;
+        vl--;
+    }
+    while (vl && (v[vl - 1] == ' ' || v[vl - 1] == '\t'))
+        vl--;
+    if (name_is(line, kl, "content-length"))
+        return hv_clen(h, v, vl);
+    if (name_is(line, kl, "transfer-encoding"))
+        return -1; /* chunked bodies: not supported */
+    if (name_is(line, kl, "connection"))
+        hv_connection(h, v, vl);
+    else if (name_is(line, kl, "expect"))
+        h->expect100 = name_is(v, vl, "100-continue");
+    else if (name_is(line, kl, "micro-request-id"))
+        return hv_copy(h->rid, sizeof h->rid, v, vl, &h->has_rid);
+    else if (name_is(line, kl, "micro-auth-token"))
+        return hv_copy(h->tok, sizeof h->tok, v, vl, &h->has_tok);
+    return 0;
+}
+
+/* "METHOD SP URI SP HTTP/1.x" */
+static int raw_request_line(struct rhead *h, const char *line, size_t n)
+{
+    const char *sp1 = memchr(line, ' ', n);
+    if (!sp1 || sp1 == line || (size_t)(sp1 - line) >= sizeof h->method)
+        return -1;
+    const char *u = sp1 + 1;
+    const char *sp2 = memchr(u, ' ', n - (size_t)(u - line));
+    if (!sp2 || sp2 == u || (size_t)(sp2 - u) >= sizeof h->uri)
+        return -1;
+    size_t vl = n - (size_t)(sp2 + 1 - line);
+    if (vl != 8 || memcmp(sp2 + 1, "HTTP/1.", 7) != 0 || (sp2[8] != '0' && sp2[8] != '1'))
+        return -1;
+    for (const char *m = line; m < sp1; m++)
+        if (*m < 'A' || *m > 'Z')
+            return -1;
+    memcpy(h->method, line, (size_t)(sp1 - line));
+    h->method[sp1 - line] = 0;
+    memcpy(h->uri, u, (size_t)(sp2 - u));
+    h->uri[sp2 - u] = 0;
+    h->minor = sp2[8] - '0';
+    return 0;
+}
+
+/* The head in p[0..n): its length, 0 while incomplete, -1 when malformed. */
+static long raw_parse_head(const char *p, size_t n, struct rhead *h)
+{
+    memset(h, 0, sizeof *h);
+    h->clen = -1;
+    size_t i = 0;
+    while (i < n && (p[i] == '\r' || p[i] == '\n'))
+        i++; /* blank lines before a request are ignored */
+    size_t start = i;
+    if (start > RAW_HEAD_MAX)
+        return -1;
+    for (int first = 1;; first = 0) {
+        const char *nl = memchr(p + i, '\n', n - i);
+        if (!nl)
+            return n - start > RAW_HEAD_MAX ? -1 : 0;
+        size_t e = (size_t)(nl - p), len = e - i;
+        if (e - start > RAW_HEAD_MAX)
+            return -1;
+        if (len && p[e - 1] == '\r')
+            len--;
+        if (first) {
+            if (raw_request_line(h, p + i, len))
+                return -1;
+        } else if (len == 0) {
+            return (long)(e + 1);
+        } else if (raw_header(h, p + i, len)) {
+            return -1;
+        }
+        i = e + 1;
+    }
+}
+
+static void rc_close(struct rconn *c)
+{
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        g.rconns = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    event_free(c->rev);
+    event_free(c->wev);
+    event_free(c->timer);
+    evbuffer_free(c->in);
+    evbuffer_free(c->out);
+    evbuffer_free(c->body);
+    evutil_closesocket(c->fd);
+    free(c);
+    if (opt.workers && g.lev && !g.stopping)
+        event_add(g.lev, NULL); /* a worker takes the next connection */
+    check_drained();
+}
+
+/* One send() per call (two calls: two segments, with Nagle deciding when
+ * the second leaves); what does not fit waits in c->out. -1: peer gone. */
+static int rc_send(struct rconn *c, const char *p, size_t n)
+{
+    if (evbuffer_get_length(c->out) == 0) {
+        ssize_t w;
+        do
+            w = send(c->fd, p, n, MSG_NOSIGNAL);
+        while (w < 0 && errno == EINTR);
+        if (w < 0 && errno != EAGAIN && errno != EWOULDBLOCK)
+            return -1;
+        if (w > 0) {
+            p += w;
+            n -= (size_t)w;
+        }
+    }
+    if (n) {
+        if (evbuffer_add(c->out, p, n) != 0)
+            die_oom();
+        event_add(c->wev, NULL);
+    }
+    return 0;
+}
+
+/* Response head as Django's development server (wsgiref) writes it for
+ * --split-writes, else as uwsgi passes the application's headers on. */
+static void raw_head(sbuf *h, const struct reply *r)
+{
+    sb_printf(h, "HTTP/1.1 %d %s\r\n", r->status, reason_of(r->status));
+    if (opt.split_writes) {
+        char date[64];
+        time_t t = time(NULL);
+        struct tm tm;
+        gmtime_r(&t, &tm);
+        strftime(date, sizeof date, "%a, %d %b %Y %H:%M:%S GMT", &tm);
+        sb_printf(h, "Date: %s\r\n", date);
+        sb_puts(h, "Server: WSGIServer/0.2 CPython/3.11.2\r\n");
+    }
+    sb_puts(h, "Content-Type: ");
+    sb_puts(h, r->ctype);
+    sb_puts(h, "\r\nX-Frame-Options: DENY\r\n");
+    sb_printf(h, "Content-Length: %zu\r\n", r->len);
+    sb_puts(h, "X-Content-Type-Options: nosniff\r\nReferrer-Policy: same-origin\r\n");
+    if (g.stopping)
+        sb_puts(h, "Connection: close\r\n");
+    sb_puts(h, "\r\n");
+}
+
+/* Write the answer. -1 when c is gone (closed here). */
+static int rc_answer(struct rconn *c, int kind, const struct reply *r)
+{
+    g_raw.len = 0;
+    raw_head(&g_raw, r);
+    size_t blen = c->head ? 0 : r->len;
+    int rc;
+    if (kind == P_DROP) { /* headers and part of the body, then close */
+        size_t cut = g_raw.len + (blen ? (size_t)(rnd_u64() % blen) : 0);
+        sb_put(&g_raw, r->body, blen);
+        ssize_t w = send(c->fd, g_raw.p, cut, MSG_NOSIGNAL | MSG_DONTWAIT);
+        UNUSED(w);
+        rc = -1;
+    } else if (opt.split_writes) {
+        rc = rc_send(c, g_raw.p, g_raw.len);
+        if (rc == 0 && blen)
+            rc = rc_send(c, r->body, blen);
+    } else {
+        sb_put(&g_raw, r->body, blen);
+        rc = rc_send(c, g_raw.p, g_raw.len);
+    }
+    c->state = RC_IDLE;
+    if (rc < 0 || (c->close_after && evbuffer_get_length(c->out) == 0)) {
+        rc_close(c);
+        return -1;
+    }
+    return 0;
+}
+
+static void rc_bad_request(struct rconn *c)
+{
+    static const char msg[] = "HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\n"
+                              "Content-Length: 11\r\nConnection: close\r\n\r\nBad Request";
+    c->close_after = 1;
+    if (rc_send(c, msg, sizeof msg - 1) == 0)
+        evbuffer_drain(c->in, evbuffer_get_length(c->in));
+}
+
+static void on_rc_timer(evutil_socket_t fd, short what, void *arg);
+
+/* Hold the answer for r->delay_ms. */
+static void rc_delay(struct rconn *c, int kind, const struct reply *r)
+{
+    c->state = RC_BUSY;
+    c->kind = kind;
+    c->r = *r;
+    evbuffer_drain(c->body, evbuffer_get_length(c->body));
+    if (evbuffer_add(c->body, r->body, r->len) != 0)
+        die_oom();
+    long ms = r->delay_ms;
+    struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+    evtimer_add(c->timer, &tv);
+}
+
+/* Serve the next buffered request: 1 when one was taken, 0 when more data
+ * is needed, -1 when c is gone. */
+static int rc_next(struct rconn *c)
+{
+    size_t have = evbuffer_get_length(c->in);
+    size_t look = have < RAW_HEAD_MAX + 2 ? have : RAW_HEAD_MAX + 2;
+    const char *p = look ? (const char *)evbuffer_pullup(c->in, (ev_ssize_t)look) : "";
+    struct rhead h;
+    long hl = raw_parse_head(p, look, &h);
+    if (hl == 0)
+        return 0;
+    if (hl < 0 || h.clen > RAW_BODY_MAX) {
+        rc_bad_request(c);
+        return 1;
+    }
+    size_t clen = h.clen > 0 ? (size_t)h.clen : 0, total = (size_t)hl + clen;
+    if (have < total) {
+        if (h.expect100 && h.minor == 1 && !c->sent100) {
+            static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
+            c->sent100 = 1;
+            if (rc_send(c, cont, sizeof cont - 1) < 0) {
+                rc_close(c);
+                return -1;
+            }
+        }
+        return 0;
+    }
+    c->sent100 = 0;
+    p = (const char *)evbuffer_pullup(c->in, (ev_ssize_t)total);
+    struct rq q = {0};
+    c->head = strcmp(h.method, "HEAD") == 0;
+    q.get = c->head || strcmp(h.method, "GET") == 0;
+    q.uri = h.uri;
+    q.body = (const unsigned char *)p + hl;
+    q.blen = clen;
+    q.rid = h.has_rid ? h.rid : NULL;
+    q.tok = h.has_tok ? h.tok : NULL;
+    struct reply r;
+    int kind = route(&q, &r);
+    evbuffer_drain(c->in, total);
+    int keep = h.minor == 1 ? !h.conn_close : h.conn_keep && !h.conn_close;
+    c->close_after = !keep || opt.close_silently || g.stopping;
+    if (kind == P_HANG)
+        c->state = RC_HANG;
+    else if (r.delay_ms > 0)
+        rc_delay(c, kind, &r);
+    else if (rc_answer(c, kind, &r) < 0)
+        return -1;
+    return 1;
+}
+
+/* Serve what is buffered, then close when due. -1 when c is gone. */
+static int rc_pump(struct rconn *c)
+{
+    while (c->state == RC_IDLE && !c->close_after && evbuffer_get_length(c->out) == 0) {
+        int rc = rc_next(c);
+        if (rc < 0)
+            return -1;
+        if (rc == 0)
+            break;
+    }
+    int idle = c->state == RC_IDLE && evbuffer_get_length(c->out) == 0;
+    if ((idle && (c->close_after || c->peer_eof)) || (c->state == RC_HANG && c->peer_eof)) {
+        rc_close(c);
+        return -1;
+    }
+    return 0;
+}
+
+static void on_rc_timer(evutil_socket_t fd, short what, void *arg)
+{
+    struct rconn *c = arg;
+    UNUSED(fd);
+    UNUSED(what);
+    c->r.body = (const char *)evbuffer_pullup(c->body, -1);
+    if (rc_answer(c, c->kind, &c->r) == 0)
+        rc_pump(c);
+}
+
+static void on_rc_read(evutil_socket_t fd, short what, void *arg)
+{
+    struct rconn *c = arg;
+    UNUSED(what);
+    char buf[65536];
+    for (;;) {
+        ssize_t n = recv(fd, buf, sizeof buf, 0);
+        if (n > 0) {
+            if (evbuffer_add(c->in, buf, (size_t)n) != 0)
+                die_oom();
+            if ((size_t)n < sizeof buf)
+                break;
+            continue;
+        }
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+            break;
+        if (n < 0) { /* reset: nothing more can be sent either */
+            rc_close(c);
+            return;
+        }
+        c->peer_eof = 1;
+        event_del(c->rev);
+        break;
+    }
+    rc_pump(c);
+}
+
+static void on_rc_write(evutil_socket_t fd, short what, void *arg)
+{
+    struct rconn *c = arg;
+    UNUSED(what);
+    int n = evbuffer_write(c->out, fd);
+    if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
+        rc_close(c);
+        return;
+    }
+    if (evbuffer_get_length(c->out) == 0) {
+        event_del(c->wev);
+        rc_pump(c);
+    }
+}
+
+static void rc_new(evutil_socket_t fd)
+{
+    struct rconn *c = calloc(1, sizeof *c);
+    if (!c)
+        die_oom();
+    c->fd = fd;
+    c->in = evbuffer_new();
+    c->out = evbuffer_new();
+    c->body = evbuffer_new();
+    c->rev = event_new(g.base, fd, EV_READ | EV_PERSIST, on_rc_read, c);
+    c->wev = event_new(g.base, fd, EV_WRITE | EV_PERSIST, on_rc_write, c);
+    c->timer = evtimer_new(g.base, on_rc_timer, c);
+    if (!c->in || !c->out || !c->body || !c->rev || !c->wev || !c->timer ||
+        event_add(c->rev, NULL) != 0)
+        die_oom();
+    c->next = g.rconns;
+    if (g.rconns)
+        g.rconns->prev = c;
+    g.rconns = c;
+}
+
+/* Nagle stays on: accepted sockets never get TCP_NODELAY. A worker takes
+ * one connection and leaves the rest in the kernel's accept queue. */
+static void on_raw_accept(evutil_socket_t lfd, short what, void *arg)
+{
+    UNUSED(what);
+    UNUSED(arg);
+    for (;;) {
+        if (opt.workers && g.rconns) {
+            event_del(g.lev);
+            return;
+        }
+        int fd = accept4(lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0) {
+            if (errno == EINTR || errno == ECONNABORTED)
+                continue;
+            if (errno != EAGAIN && errno != EWOULDBLOCK)
+                fprintf(stderr, "mu-provider: accept: %s\n", strerror(errno));
+            return;
+        }
+        rc_new(fd);
+    }
+}
+
+/* After SIGTERM: close idle and hanging connections; the others close once
+ * their answer is written. */
+static void rc_stop_all(void)
+{
+    struct rconn *next;
+    for (struct rconn *c = g.rconns; c; c = next) {
+        next = c->next;
+        c->close_after = 1;
+        if (c->state == RC_HANG ||
+            (c->state == RC_IDLE && evbuffer_get_length(c->out) == 0))
+            rc_close(c);
+    }
 }
 
 /* ------------------------------------------------------------ ZooKeeper */
@@ -1129,6 +1752,11 @@ static void print_ready(void)
     g.ready = 1;
     printf("READY %d\n", g.port);
     fflush(stdout);
+    if (opt.listen_delay_ms > 0) { /* registered; the port listens later */
+        long ms = opt.listen_delay_ms;
+        struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+        evtimer_add(g.listen_ev, &tv);
+    }
 }
 
 static void fatal_loop(const char *fmt, ...)
@@ -1149,6 +1777,8 @@ static void on_created(int rc, const char *value, const void *data)
 {
     UNUSED(value);
     g.zk_outstanding--;
+    if (g.stopping) /* closed on SIGTERM: ZCLOSING is expected */
+        return;
     if (rc != ZOK && !(rc == ZNODEEXISTS && data == kind_parent)) {
         if (!g.exit_code)
             fatal_loop("create %s node failed: %s", (const char *)data, zerror(rc));
@@ -1278,23 +1908,268 @@ static void zk_watcher(zhandle_t *zh, int type, int state, const char *path, voi
     }
 }
 
-/* ------------------------------------------------------------ main */
+/* ------------------------------------------------------------ listening */
 
+#define BACKLOG 4096
+
+static int raw_mode(void)
+{
+    return opt.raw || opt.split_writes || opt.close_silently || opt.workers;
+}
+
+/* Bound at start so that the port is known, with SO_REUSEADDR so that a
+ * restarted provider gets the same port at once; listen() may come later. */
+static int open_socket(void)
+{
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -1;
+    int one = 1;
+    struct sockaddr_in sin;
+    memset(&sin, 0, sizeof sin);
+    sin.sin_family = AF_INET;
+    sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    sin.sin_port = htons((uint16_t)opt.port);
+    socklen_t sl = sizeof sin;
+    if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) != 0 ||
+        bind(fd, (struct sockaddr *)&sin, sizeof sin) != 0 ||
+        getsockname(fd, (struct sockaddr *)&sin, &sl) != 0) {
+        int e = errno;
+        close(fd);
+        errno = e;
+        return -1;
+    }
+    g.port = ntohs(sin.sin_port);
+    return fd;
+}
+
+/* Take connections on g.lfd, which listens. Our own backlog: evhttp's of
+ * 128 drops SYNs when a benchmark opens thousands of connections at once. */
+static int serve_listener(void)
+{
+    if (raw_mode()) {
+        g.lev = event_new(g.base, g.lfd, EV_READ | EV_PERSIST, on_raw_accept, NULL);
+        return g.lev && event_add(g.lev, NULL) == 0 ? 0 : -1;
+    }
+    struct evconnlistener *lis = evconnlistener_new(
+        g.base, NULL, NULL, LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC, 0, g.lfd);
+    if (!lis)
+        return -1;
+    g.lfd = -1; /* the listener owns it now */
+    g.bound = evhttp_bind_listener(g.http, lis);
+    if (!g.bound) {
+        evconnlistener_free(lis);
+        return -1;
+    }
+    return 0;
+}
+
+/* --listen-delay-ms: registered a while ago, now the port listens. */
+static void on_listen_timer(evutil_socket_t fd, short what, void *arg)
+{
+    UNUSED(fd);
+    UNUSED(what);
+    UNUSED(arg);
+    if (g.stopping || g.lfd < 0)
+        return;
+    if (listen(g.lfd, BACKLOG) != 0) {
+        fatal_loop("listen on 127.0.0.1:%d: %s", g.port, strerror(errno));
+        return;
+    }
+    if (opt.workers) { /* the master serves nothing: let the workers go */
+        close(g.go_fd);
+        g.go_fd = -1;
+    } else if (serve_listener() != 0) {
+        fatal_loop("cannot serve 127.0.0.1:%d", g.port);
+    }
+}
+
+/* Close the listening socket: connections are refused from now on. */
+static void stop_listening(void)
+{
+    if (g.listen_ev)
+        evtimer_del(g.listen_ev);
+    if (g.bound) {
+        evhttp_del_accept_socket(g.http, g.bound); /* closes the socket */
+        g.bound = NULL;
+    }
+    if (g.lev) {
+        event_free(g.lev);
+        g.lev = NULL;
+    }
+    if (g.lfd >= 0) {
+        close(g.lfd);
+        g.lfd = -1;
+    }
+    if (g.go_fd >= 0) {
+        close(g.go_fd);
+        g.go_fd = -1;
+    }
+}
+
+/* ------------------------------------------------------------ workers */
+
+static void workers_signal(int sig)
+{
+    for (int i = 0; g.wpids && i < opt.workers; i++)
+        if (g.wpids[i] > 0)
+            kill(g.wpids[i], sig);
+}
+
+/* Wait for the workers; the first failure's exit code, else 0. */
+static int reap_workers(void)
+{
+    int rc = 0;
+    for (int i = 0; g.wpids && i < opt.workers; i++) {
+        int st, code = 0;
+        if (g.wpids[i] <= 0)
+            continue;
+        while (waitpid(g.wpids[i], &st, 0) < 0)
+            if (errno != EINTR)
+                goto next;
+        if (WIFEXITED(st))
+            code = WEXITSTATUS(st);
+        else if (WIFSIGNALED(st) && WTERMSIG(st) != SIGTERM)
+            code = 128 + WTERMSIG(st);
+        if (code) {
+            fprintf(stderr, "mu-provider: worker %d ended with status %d\n", (int)g.wpids[i],
+                    code);
+            if (!rc)
+                rc = code;
+        }
+    next:
+        g.wpids[i] = 0;
+    }
+    free(g.wpids);
+    g.wpids = NULL;
+    return rc;
+}
+
+/* In a worker under --listen-delay-ms: wait for the master to listen. */
+static void worker_wait_go(int fd)
+{
+    char c;
+    if (fd < 0)
+        return;
+    while (read(fd, &c, 1) < 0 && errno == EINTR)
+        ;
+    close(fd);
+    int acc = 0;
+    socklen_t len = sizeof acc;
+    if (getsockopt(g.lfd, SOL_SOCKET, SO_ACCEPTCONN, &acc, &len) != 0 || !acc)
+        _exit(0); /* the master stopped before listening */
+}
+
+/* Fork the workers, once the socket is bound (and listens, unless
+ * --listen-delay-ms: then they wait on a pipe the master closes). Before
+ * any event base or ZooKeeper handle exists. 1 in a worker, 0 in the
+ * master. */
+static int spawn_workers(void)
+{
+    int go[2] = {-1, -1};
+    if (opt.listen_delay_ms > 0 && pipe2(go, O_CLOEXEC) != 0) {
+        perror("mu-provider: pipe");
+        exit(1);
+    }
+    g.wpids = calloc((size_t)opt.workers, sizeof *g.wpids);
+    if (!g.wpids)
+        die_oom();
+    pid_t master = getpid();
+    fflush(NULL);
+    for (int i = 0; i < opt.workers; i++) {
+        pid_t pid = fork();
+        if (pid < 0) {
+            perror("mu-provider: fork");
+            g.exit_code = 1;
+            break;
+        }
+        if (pid == 0) {
+            prctl(PR_SET_PDEATHSIG, SIGKILL); /* die with the master */
+            if (getppid() != master)
+                _exit(1);
+            free(g.wpids);
+            g.wpids = NULL;
+            g.is_worker = 1;
+            if (go[1] >= 0)
+                close(go[1]);
+            worker_wait_go(go[0]);
+            g.rng ^= (uint64_t)getpid() << 32;
+            return 1;
+        }
+        g.wpids[i] = pid;
+    }
+    if (go[0] >= 0)
+        close(go[0]);
+    g.go_fd = go[1];
+    return 0;
+}
+
+/* ------------------------------------------------------------ stopping */
+
+/* evhttp reports no failed write: an answer whose connection died is never
+ * "complete". After 2 s with nothing pending, stop waiting for those. */
+static void on_drain_tick(evutil_socket_t fd, short what, void *arg)
+{
+    UNUSED(fd);
+    UNUSED(what);
+    UNUSED(arg);
+    if (g.pends || g.rconns)
+        g.quiet_ticks = 0;
+    else if (++g.quiet_ticks >= 8)
+        event_base_loopbreak(g.base);
+}
+
+/* SIGTERM/SIGINT: refuse new connections, end the ZooKeeper session, and
+ * exit once the requests already received are answered. A second signal:
+ * exit now. */
 static void on_signal(evutil_socket_t sig, short what, void *arg)
 {
     UNUSED(sig);
     UNUSED(what);
     UNUSED(arg);
-    event_base_loopbreak(g.base);
+    if (g.stopping) {
+        event_base_loopbreak(g.base);
+        return;
+    }
+    g.stopping = 1;
+    workers_signal(SIGTERM);
+    stop_listening();
+    on_zk_close(-1, 0, NULL); /* our nodes vanish now */
+    close_hung();
+    rc_stop_all();
+    struct timeval tv = {0, 250000};
+    event_add(g.drain_ev, &tv);
+    check_drained();
 }
+
+/* ------------------------------------------------------------ options */
 
 static void usage(void)
 {
     fputs("usage: mu-provider [--zk HOST:PORT[,..]] [--service NAME] [--port N] [--host ADDR]\n"
+          "       [--variant 1.0.2|1.0.3|1.0.4|1.0.8]\n"
           "       [--layout per-method|per-service] [--path /json/] [--pickle 2|3|4|5]\n"
           "       [--auth TOKEN] [--delay-ms N] [--fail-rate P] [--hang] [--drop-rate P]\n"
           "       [--garbage] [--bad-znode empty|nonjson|noport|badport] [--dup N]\n"
-          "       [--no-register] [--methods a,b,c] [--session-ms N]\n",
+          "       [--no-register] [--methods a,b,c] [--session-ms N]\n"
+          "       [--listen-delay-ms N] [--split-writes] [--close-silently] [--workers N] [--raw]\n"
+          "\n"
+          "  --variant V          microutil variant: 1.0.2 /json/; 1.0.3 /jsonp/; 1.0.4\n"
+          "                       (..1.0.7) /jsonp/ + micro-auth-token always checked,\n"
+          "                       TOKEN micromicro unless --auth (wrong: 401 text,\n"
+          "                       missing header: 400 InvalidRequestError); 1.0.8 as\n"
+          "                       1.0.4 + per-service layout. --path/--auth/--layout win.\n"
+          "  --listen-delay-ms N  register first, listen() N ms later (refused till then);\n"
+          "                       READY is printed once registered, before listening\n"
+          "  --split-writes       Django runserver: headers and body in two send()s with\n"
+          "                       Nagle on (keep-alive clients stall ~40 ms per call)\n"
+          "  --close-silently     uwsgi --http-socket: no Connection: close, then close\n"
+          "  --workers N          uwsgi --http11-socket: N processes, one keep-alive\n"
+          "                       connection each at a time; the master registers once;\n"
+          "                       one send() per answer unless --split-writes\n"
+          "  --raw                our own HTTP/1.1 server, plain keep-alive; closes idle\n"
+          "                       connections at once on SIGTERM\n"
+          "SIGTERM: refuse new connections, deregister, answer what was received, exit 0.\n",
           stderr);
     exit(2);
 }
@@ -1351,35 +2226,131 @@ static void parse_methods(const char *list)
     }
 }
 
+enum {
+    OP_ZK = 256, OP_SERVICE, OP_PORT, OP_HOST, OP_LAYOUT, OP_PATH, OP_PICKLE, OP_AUTH,
+    OP_DELAY, OP_FAIL, OP_HANG, OP_DROP, OP_GARBAGE, OP_BAD, OP_DUP, OP_NOREG,
+    OP_METHODS, OP_SESSION, OP_VARIANT, OP_LDELAY, OP_SPLIT, OP_CLOSE, OP_WORKERS, OP_RAW, OP_HELP
+};
+
+/* What was given explicitly: it wins over --variant. */
+struct given {
+    const char *variant;
+    int path, auth, layout;
+};
+
+static int parse_bad_znode(const char *s)
+{
+    static const char *const names[] = {"empty", "nonjson", "noport", "badport"};
+    static const int kinds[] = {BAD_EMPTY, BAD_NONJSON, BAD_NOPORT, BAD_BADPORT};
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
+        if (strcmp(s, names[i]) == 0)
+            return kinds[i];
+    usage();
+    return BAD_NONE;
+}
+
+static void parse_opt(int c, const char *arg, struct given *gv)
+{
+    switch (c) {
+    case OP_ZK: opt.zk = arg; break;
+    case OP_SERVICE:
+        if (!*arg || strchr(arg, '/'))
+            usage();
+        opt.service = arg;
+        break;
+    case OP_PORT: opt.port = (int)parse_long(arg, "port", 0, 65535); break;
+    case OP_HOST: opt.host = arg; break;
+    case OP_LAYOUT:
+        if (strcmp(arg, "per-method") != 0 && strcmp(arg, "per-service") != 0)
+            usage();
+        opt.per_service = strcmp(arg, "per-service") == 0;
+        gv->layout = 1;
+        break;
+    case OP_PATH:
+        if (arg[0] != '/')
+            usage();
+        opt.path = arg;
+        gv->path = 1;
+        break;
+    case OP_PICKLE: opt.proto = (int)parse_long(arg, "pickle protocol", 2, 5); break;
+    case OP_AUTH: opt.auth = arg; gv->auth = 1; break;
+    case OP_DELAY: opt.delay_ms = parse_long(arg, "delay", 0, 3600000); break;
+    case OP_FAIL: opt.fail_rate = parse_rate(arg, "fail rate"); break;
+    case OP_HANG: opt.hang = 1; break;
+    case OP_DROP: opt.drop_rate = parse_rate(arg, "drop rate"); break;
+    case OP_GARBAGE: opt.garbage = 1; break;
+    case OP_BAD: opt.bad_znode = parse_bad_znode(arg); break;
+    case OP_DUP: opt.dup = (int)parse_long(arg, "dup", 0, 10000); break;
+    case OP_NOREG: opt.no_register = 1; break;
+    case OP_METHODS:
+        if (opt.methods)
+            usage();
+        parse_methods(arg);
+        break;
+    case OP_SESSION: opt.session_ms = (int)parse_long(arg, "session timeout", 1, 3600000); break;
+    case OP_VARIANT: gv->variant = arg; break;
+    case OP_LDELAY: opt.listen_delay_ms = parse_long(arg, "listen delay", 0, 3600000); break;
+    case OP_SPLIT: opt.split_writes = 1; break;
+    case OP_RAW: opt.raw = 1; break;
+    case OP_CLOSE: opt.close_silently = 1; break;
+    case OP_WORKERS: opt.workers = (int)parse_long(arg, "workers", 1, 256); break;
+    default: usage();
+    }
+}
+
+/* PROTOCOL.md section 6. */
+static void apply_variant(const struct given *gv)
+{
+    const char *v = gv->variant;
+    if (!v)
+        return;
+    if (strncmp(v, "1.0.", 4) != 0 || v[4] < '2' || v[4] > '8' || v[5]) {
+        fprintf(stderr, "mu-provider: unknown variant %s\n", v);
+        usage();
+    }
+    int minor = v[4] - '0';
+    if (!gv->path)
+        opt.path = minor == 2 ? "/json/" : "/jsonp/";
+    if (minor >= 4) {
+        if (!gv->auth)
+            opt.auth = "micromicro";
+        opt.auth_missing_400 = 1;
+    }
+    if (!gv->layout)
+        opt.per_service = minor >= 8;
+}
+
 static void parse_args(int argc, char **argv)
 {
-    enum {
-        O_ZK = 256, O_SERVICE, O_PORT, O_HOST, O_LAYOUT, O_PATH, O_PICKLE, O_AUTH,
-        O_DELAY, O_FAIL, O_HANG, O_DROP, O_GARBAGE, O_BAD, O_DUP, O_NOREG,
-        O_METHODS, O_SESSION, O_HELP
-    };
     static const struct option lo[] = {
-        {"zk", required_argument, NULL, O_ZK},
-        {"service", required_argument, NULL, O_SERVICE},
-        {"port", required_argument, NULL, O_PORT},
-        {"host", required_argument, NULL, O_HOST},
-        {"layout", required_argument, NULL, O_LAYOUT},
-        {"path", required_argument, NULL, O_PATH},
-        {"pickle", required_argument, NULL, O_PICKLE},
-        {"auth", required_argument, NULL, O_AUTH},
-        {"delay-ms", required_argument, NULL, O_DELAY},
-        {"fail-rate", required_argument, NULL, O_FAIL},
-        {"hang", no_argument, NULL, O_HANG},
-        {"drop-rate", required_argument, NULL, O_DROP},
-        {"garbage", no_argument, NULL, O_GARBAGE},
-        {"bad-znode", required_argument, NULL, O_BAD},
-        {"dup", required_argument, NULL, O_DUP},
-        {"no-register", no_argument, NULL, O_NOREG},
-        {"methods", required_argument, NULL, O_METHODS},
-        {"session-ms", required_argument, NULL, O_SESSION},
-        {"help", no_argument, NULL, O_HELP},
+        {"zk", required_argument, NULL, OP_ZK},
+        {"service", required_argument, NULL, OP_SERVICE},
+        {"port", required_argument, NULL, OP_PORT},
+        {"host", required_argument, NULL, OP_HOST},
+        {"layout", required_argument, NULL, OP_LAYOUT},
+        {"path", required_argument, NULL, OP_PATH},
+        {"pickle", required_argument, NULL, OP_PICKLE},
+        {"auth", required_argument, NULL, OP_AUTH},
+        {"delay-ms", required_argument, NULL, OP_DELAY},
+        {"fail-rate", required_argument, NULL, OP_FAIL},
+        {"hang", no_argument, NULL, OP_HANG},
+        {"drop-rate", required_argument, NULL, OP_DROP},
+        {"garbage", no_argument, NULL, OP_GARBAGE},
+        {"bad-znode", required_argument, NULL, OP_BAD},
+        {"dup", required_argument, NULL, OP_DUP},
+        {"no-register", no_argument, NULL, OP_NOREG},
+        {"methods", required_argument, NULL, OP_METHODS},
+        {"session-ms", required_argument, NULL, OP_SESSION},
+        {"variant", required_argument, NULL, OP_VARIANT},
+        {"listen-delay-ms", required_argument, NULL, OP_LDELAY},
+        {"split-writes", no_argument, NULL, OP_SPLIT},
+        {"raw", no_argument, NULL, OP_RAW},
+        {"close-silently", no_argument, NULL, OP_CLOSE},
+        {"workers", required_argument, NULL, OP_WORKERS},
+        {"help", no_argument, NULL, OP_HELP},
         {NULL, 0, NULL, 0},
     };
+    struct given gv = {0};
     opt.service = "micro";
     opt.host = "127.0.0.1";
     opt.path = "/json/";
@@ -1387,68 +2358,22 @@ static void parse_args(int argc, char **argv)
     opt.dup = 1;
     opt.session_ms = 10000;
     int c;
-    while ((c = getopt_long(argc, argv, "", lo, NULL)) != -1) {
-        switch (c) {
-        case O_ZK: opt.zk = optarg; break;
-        case O_SERVICE:
-            if (!*optarg || strchr(optarg, '/'))
-                usage();
-            opt.service = optarg;
-            break;
-        case O_PORT: opt.port = (int)parse_long(optarg, "port", 0, 65535); break;
-        case O_HOST: opt.host = optarg; break;
-        case O_LAYOUT:
-            if (strcmp(optarg, "per-method") == 0)
-                opt.per_service = 0;
-            else if (strcmp(optarg, "per-service") == 0)
-                opt.per_service = 1;
-            else
-                usage();
-            break;
-        case O_PATH:
-            if (optarg[0] != '/')
-                usage();
-            opt.path = optarg;
-            break;
-        case O_PICKLE: opt.proto = (int)parse_long(optarg, "pickle protocol", 2, 5); break;
-        case O_AUTH: opt.auth = optarg; break;
-        case O_DELAY: opt.delay_ms = parse_long(optarg, "delay", 0, 3600000); break;
-        case O_FAIL: opt.fail_rate = parse_rate(optarg, "fail rate"); break;
-        case O_HANG: opt.hang = 1; break;
-        case O_DROP: opt.drop_rate = parse_rate(optarg, "drop rate"); break;
-        case O_GARBAGE: opt.garbage = 1; break;
-        case O_BAD:
-            if (strcmp(optarg, "empty") == 0)
-                opt.bad_znode = BAD_EMPTY;
-            else if (strcmp(optarg, "nonjson") == 0)
-                opt.bad_znode = BAD_NONJSON;
-            else if (strcmp(optarg, "noport") == 0)
-                opt.bad_znode = BAD_NOPORT;
-            else if (strcmp(optarg, "badport") == 0)
-                opt.bad_znode = BAD_BADPORT;
-            else
-                usage();
-            break;
-        case O_DUP: opt.dup = (int)parse_long(optarg, "dup", 0, 10000); break;
-        case O_NOREG: opt.no_register = 1; break;
-        case O_METHODS:
-            if (opt.methods)
-                usage();
-            parse_methods(optarg);
-            break;
-        case O_SESSION: opt.session_ms = (int)parse_long(optarg, "session timeout", 1, 3600000); break;
-        default: usage();
-        }
-    }
+    while ((c = getopt_long(argc, argv, "", lo, NULL)) != -1)
+        parse_opt(c, optarg, &gv);
     if (optind != argc)
         usage();
+    apply_variant(&gv);
     opt.path_len = strlen(opt.path);
 }
 
-int main(int argc, char **argv)
+/* ------------------------------------------------------------ main */
+
+/* Options, process limits, the bound (maybe listening) socket, workers. */
+static int setup_process(int argc, char **argv)
 {
     parse_args(argc, argv);
     signal(SIGPIPE, SIG_IGN);
+    g.lfd = g.go_fd = -1;
     g.rng = ((uint64_t)time(NULL) << 20) ^ (uint64_t)getpid() ^ 0x9e3779b97f4a7c15ULL;
     if (!g.rng)
         g.rng = 1;
@@ -1459,87 +2384,121 @@ int main(int argc, char **argv)
         rl.rlim_cur = rl.rlim_max;
         setrlimit(RLIMIT_NOFILE, &rl);
     }
+    g.lfd = open_socket();
+    if (g.lfd < 0 || (opt.listen_delay_ms <= 0 && listen(g.lfd, BACKLOG) != 0)) {
+        fprintf(stderr, "mu-provider: cannot listen on 127.0.0.1:%d: %s\n", opt.port,
+                strerror(errno));
+        return -1;
+    }
+    if (opt.workers)
+        spawn_workers();
+    return g.exit_code ? -1 : 0;
+}
 
+static struct event_base *new_base(void)
+{
     /* evhttp enables and disables reading around every request: the epoll
      * changelist folds that into fewer epoll_ctl calls. */
+    struct event_base *base = NULL;
     struct event_config *cfg = event_config_new();
     if (cfg) {
         event_config_set_flag(cfg, EVENT_BASE_FLAG_EPOLL_USE_CHANGELIST);
-        g.base = event_base_new_with_config(cfg);
+        base = event_base_new_with_config(cfg);
         event_config_free(cfg);
     }
-    if (!g.base)
-        g.base = event_base_new();
-    g.http = g.base ? evhttp_new(g.base) : NULL;
-    if (!g.http) {
-        fputs("mu-provider: libevent setup failed\n", stderr);
-        return 1;
-    }
-    evhttp_set_gencb(g.http, on_request, NULL);
-    evhttp_set_allowed_methods(g.http, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_HEAD |
-                                           EVHTTP_REQ_PUT | EVHTTP_REQ_DELETE |
-                                           EVHTTP_REQ_PATCH | EVHTTP_REQ_OPTIONS);
+    return base ? base : event_base_new();
+}
 
-    /* Our own listener: evhttp_bind_socket's backlog of 128 drops SYNs
-     * when a benchmark opens thousands of connections at once. */
-    struct sockaddr_in sin;
-    memset(&sin, 0, sizeof sin);
-    sin.sin_family = AF_INET;
-    sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    sin.sin_port = htons((uint16_t)opt.port);
-    struct evconnlistener *lis = evconnlistener_new_bind(
-        g.base, NULL, NULL, LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE | LEV_OPT_CLOSE_ON_EXEC,
-        4096, (struct sockaddr *)&sin, sizeof sin);
-    if (!lis || !evhttp_bind_listener(g.http, lis)) {
-        fprintf(stderr, "mu-provider: cannot listen on 127.0.0.1:%d: %s\n", opt.port,
-                strerror(errno));
-        if (lis)
-            evconnlistener_free(lis);
-        evhttp_free(g.http);
-        event_base_free(g.base);
-        return 1;
-    }
-    socklen_t sl = sizeof sin;
-    getsockname(evconnlistener_get_fd(lis), (struct sockaddr *)&sin, &sl);
-    g.port = ntohs(sin.sin_port);
-
-    struct event *sigterm = evsignal_new(g.base, SIGTERM, on_signal, NULL);
-    struct event *sigint = evsignal_new(g.base, SIGINT, on_signal, NULL);
-    event_add(sigterm, NULL);
-    event_add(sigint, NULL);
-    g.zk_close_ev = evtimer_new(g.base, on_zk_close, NULL);
-
-    if (opt.zk && !opt.no_register) {
-        zoo_set_debug_level(ZOO_LOG_LEVEL_WARN);
-        g.zl = mu_zkloop_new(g.base);
-        g.zh = g.zl ? zookeeper_init(opt.zk, zk_watcher, opt.session_ms, NULL, NULL, 0) : NULL;
-        if (!g.zh) {
-            fprintf(stderr, "mu-provider: zookeeper_init(%s) failed: %s\n", opt.zk,
-                    strerror(errno));
-            g.exit_code = 1;
-        } else {
-            mu_zkloop_attach(g.zl, g.zh);
-        }
-    } else {
+static void start_zk(void)
+{
+    if (!opt.zk || opt.no_register) {
         print_ready();
+        return;
     }
+    zoo_set_debug_level(ZOO_LOG_LEVEL_WARN);
+    g.zl = mu_zkloop_new(g.base);
+    g.zh = g.zl ? zookeeper_init(opt.zk, zk_watcher, opt.session_ms, NULL, NULL, 0) : NULL;
+    if (!g.zh) {
+        fprintf(stderr, "mu-provider: zookeeper_init(%s) failed: %s\n", opt.zk, strerror(errno));
+        g.exit_code = 1;
+    } else {
+        mu_zkloop_attach(g.zl, g.zh);
+    }
+}
 
-    if (!g.exit_code)
-        event_base_dispatch(g.base);
+/* The event loop's parts. A worker serves and does not register; the
+ * workers' master registers and does not serve. */
+static int setup_loop(void)
+{
+    g.base = new_base();
+    if (g.base && !raw_mode()) {
+        g.http = evhttp_new(g.base);
+        if (g.http) {
+            evhttp_set_gencb(g.http, on_request, NULL);
+            evhttp_set_allowed_methods(
+                g.http, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_HEAD | EVHTTP_REQ_PUT |
+                            EVHTTP_REQ_DELETE | EVHTTP_REQ_PATCH | EVHTTP_REQ_OPTIONS);
+        }
+    }
+    if (!g.base || (!raw_mode() && !g.http)) {
+        fputs("mu-provider: libevent setup failed\n", stderr);
+        return -1;
+    }
+    g.sigterm = evsignal_new(g.base, SIGTERM, on_signal, NULL);
+    g.sigint = evsignal_new(g.base, SIGINT, on_signal, NULL);
+    g.zk_close_ev = evtimer_new(g.base, on_zk_close, NULL);
+    g.listen_ev = evtimer_new(g.base, on_listen_timer, NULL);
+    g.drain_ev = event_new(g.base, -1, EV_PERSIST, on_drain_tick, NULL);
+    if (!g.sigterm || !g.sigint || !g.zk_close_ev || !g.listen_ev || !g.drain_ev)
+        die_oom();
+    event_add(g.sigterm, NULL);
+    event_add(g.sigint, NULL);
+    int serve = g.is_worker || (!opt.workers && opt.listen_delay_ms <= 0);
+    if (serve && serve_listener() != 0) {
+        fprintf(stderr, "mu-provider: cannot serve 127.0.0.1:%d\n", g.port);
+        return -1;
+    }
+    if (!g.is_worker)
+        start_zk();
+    return g.exit_code ? -1 : 0;
+}
 
+static void free_event(struct event *ev)
+{
+    if (ev)
+        event_free(ev);
+}
+
+static int teardown(void)
+{
     if (g.zh) {
         mu_zkloop_attach(g.zl, NULL);
         zookeeper_close(g.zh); /* ends the session: our nodes go at once */
         g.zh = NULL;
     }
     mu_zkloop_free(g.zl);
-    evhttp_free(g.http); /* pending answers are released by on_conn_close */
+    stop_listening();
+    while (g.rconns)
+        rc_close(g.rconns);
+    if (g.http)
+        evhttp_free(g.http); /* pending answers are released by on_conn_close */
     while (g.pends)
         pend_free(g.pends);
-    event_free(sigterm);
-    event_free(sigint);
-    event_free(g.zk_close_ev);
-    event_base_free(g.base);
+    int rc = g.exit_code;
+    if (g.wpids) {
+        if (!g.stopping) /* a second SIGTERM would cut their answers short */
+            workers_signal(SIGTERM);
+        int w = reap_workers();
+        if (!rc)
+            rc = w;
+    }
+    free_event(g.sigterm);
+    free_event(g.sigint);
+    free_event(g.zk_close_ev);
+    free_event(g.listen_ev);
+    free_event(g.drain_ev);
+    if (g.base)
+        event_base_free(g.base);
     libevent_global_shutdown();
     arena_reset(1);
     sb_free(&g_json);
@@ -1548,5 +2507,14 @@ int main(int argc, char **argv)
     for (size_t i = 0; i < opt.nmethods; i++)
         free(opt.methods[i]);
     free(opt.methods);
-    return g.exit_code;
+    return rc;
+}
+
+int main(int argc, char **argv)
+{
+    if (setup_process(argc, argv) == 0 && setup_loop() == 0)
+        event_base_dispatch(g.base);
+    else if (!g.exit_code)
+        g.exit_code = 1;
+    return teardown();
 }
