@@ -370,46 +370,80 @@ static member *find_member(mu_endpoint *e, const mu_pool *p)
     return NULL;
 }
 
-int mu_pool_set(mu_pool *p, mu_endpoint *const *eps, size_t n)
-{
-    mu_endpoint **neps = NULL;
-    member **nmem = NULL, **nheap = NULL;
-    if (n) {
-        neps = malloc(n * sizeof *neps);
-        nmem = malloc(n * sizeof *nmem);
-        nheap = malloc(n * sizeof *nheap);
-        if (!neps || !nmem || !nheap)
-            goto fail;
-    }
+/* What mu_pool_set builds; it replaces the pool's arrays at the commit. */
+typedef struct pool_next {
+    mu_endpoint **eps;
+    member **mem;  /* until the commit, the new members in mem[0..nnew) */
+    member **heap; /* room for n, as the pool's heap needs */
+    size_t nnew;
+    uint64_t gen; /* the mark of the members kept or made */
+} pool_next;
 
-    /* Mark the kept, make the new (linked to their endpoint at once, so a
-     * duplicate in eps is seen as one). */
-    uint64_t gen = ++p->gen;
-    size_t nnew = 0;
+/* Allocate: the arrays for n endpoints (none for n == 0). On failure,
+ * set_undo frees those that were got. */
+static int set_alloc(pool_next *x, size_t n)
+{
+    if (n) {
+        x->eps = malloc(n * sizeof *x->eps);
+        x->mem = malloc(n * sizeof *x->mem);
+        x->heap = malloc(n * sizeof *x->heap);
+        if (!x->eps || !x->mem || !x->heap)
+            return -1;
+    }
+    return 0;
+}
+
+/* Diff: mark the kept, make the new (linked to their endpoint at once, so a
+ * duplicate in eps is seen as one). */
+static int set_diff(mu_pool *p, pool_next *x, mu_endpoint *const *eps, size_t n)
+{
+    x->gen = ++p->gen;
     for (size_t i = 0; i < n; i++) {
         mu_endpoint *e = eps[i];
         member *m = find_member(e, p);
         if (m) {
-            m->gen = gen;
+            m->gen = x->gen;
             continue;
         }
         m = calloc(1, sizeof *m);
         if (!m)
-            goto fail;
+            return -1;
         m->ep = e;
         m->pool = p;
-        m->gen = gen;
+        m->gen = x->gen;
         m->fresh = 1;
         m->enext = e->members;
         e->members = m;
-        nmem[nnew++] = m; /* nmem's tail is free until the commit */
+        x->mem[x->nnew++] = m; /* mem's tail is free until the commit */
     }
-    /* Commit. Kept ones keep their order, then the new ones in eps order.
-     * The round-robin cursor goes to the first kept one at or after it, or
-     * else to the first new one (where the removed tail was), or else wraps. */
+    return 0;
+}
+
+/* A member that the new set no longer has, out of the pool's lists. */
+static void set_drop(mu_pool *p, member *m)
+{
+    if (m->parked) {
+        heap_remove(p, m);
+        lv_unlink(&p->parked, m);
+        lv_fixmin(&p->parked);
+    } else {
+        lv_unlink(&p->up, m);
+        lv_fixmin(&p->up);
+    }
+    endpoint_unlink(m);
+    free(m);
+}
+
+/* Apply (commit). Kept ones keep their order, then the new ones in eps
+ * order. The round-robin cursor goes to the first kept one at or after it,
+ * or else to the first new one (where the removed tail was), or else wraps. */
+static void set_apply(mu_pool *p, pool_next *x)
+{
+    member **nmem = x->mem;
+    size_t nnew = x->nnew;
     size_t kept = 0;
     for (size_t i = 0; i < p->n; i++)
-        if (p->mem[i]->gen == gen)
+        if (p->mem[i]->gen == x->gen)
             kept++;
     /* Move the new ones (in nmem[0..nnew)) behind the kept ones. */
     if (nnew)
@@ -417,59 +451,63 @@ int mu_pool_set(mu_pool *p, mu_endpoint *const *eps, size_t n)
     size_t k = 0, newrr = SIZE_MAX;
     for (size_t i = 0; i < p->n; i++) {
         member *m = p->mem[i];
-        if (m->gen != gen) { /* removed */
-            if (m->parked) {
-                heap_remove(p, m);
-                lv_unlink(&p->parked, m);
-                lv_fixmin(&p->parked);
-            } else {
-                lv_unlink(&p->up, m);
-                lv_fixmin(&p->up);
-            }
-            endpoint_unlink(m);
-            free(m);
+        if (m->gen != x->gen) { /* removed */
+            set_drop(p, m);
             continue;
         }
         if (i >= p->rr && newrr == SIZE_MAX)
             newrr = k;
         m->idx = k;
         nmem[k] = m;
-        neps[k++] = m->ep;
+        x->eps[k++] = m->ep;
     }
     for (size_t i = 0; i < nnew; i++) {
         member *m = nmem[kept + i];
         m->fresh = 0;
         m->idx = k;
-        neps[k++] = m->ep;
+        x->eps[k++] = m->ep;
         lv_link(&p->up, m, level_for(p, m->ep->pending));
     }
-    /* nheap: the parked kept ones, in their heap order. */
+    /* heap: the parked kept ones, in their heap order. */
     if (p->nheap)
-        memcpy(nheap, p->heap, p->nheap * sizeof *nheap);
+        memcpy(x->heap, p->heap, p->nheap * sizeof *x->heap);
     free(p->eps);
     free(p->mem);
     free(p->heap);
-    p->eps = neps;
+    p->eps = x->eps;
     p->mem = nmem;
-    p->heap = nheap;
+    p->heap = x->heap;
     p->rr = newrr == SIZE_MAX ? kept : newrr; /* the first new one, or n: wraps */
     p->n = k;
     p->all_down_until = 0;
-    return 0;
+}
 
-fail:
-    /* Undo the new members; nothing else changed. */
-    for (size_t i = 0; i < n && nmem; i++) {
+/* After a failed allocation: undo the new members; nothing else changed. */
+static void set_undo(mu_pool *p, pool_next *x, mu_endpoint *const *eps, size_t n)
+{
+    for (size_t i = 0; i < n && x->mem; i++) {
         member *m = find_member(eps[i], p);
         if (m && m->fresh) {
             endpoint_unlink(m);
             free(m);
         }
     }
-    free(neps);
-    free(nmem);
-    free(nheap);
-    return -1;
+    free(x->eps);
+    free(x->mem);
+    free(x->heap);
+}
+
+/* Whatever can fail (the arrays, the new members) comes before the commit,
+ * which cannot. */
+int mu_pool_set(mu_pool *p, mu_endpoint *const *eps, size_t n)
+{
+    pool_next x = {NULL, NULL, NULL, 0, 0};
+    if (set_alloc(&x, n) != 0 || set_diff(p, &x, eps, n) != 0) {
+        set_undo(p, &x, eps, n);
+        return -1;
+    }
+    set_apply(p, &x);
+    return 0;
 }
 
 size_t mu_pool_size(const mu_pool *p)

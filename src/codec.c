@@ -231,102 +231,173 @@ static uint64_t le(const unsigned char *p, int n)
     return v;
 }
 
+/* ---- the pickle -------------------------------------------------------- */
+
+/* mu_unpickle_str's state: the input, the position, what has been seen. */
+typedef struct unpickler {
+    const unsigned char *p;
+    size_t len;
+    size_t i; /* the next byte */
+    int proto, have_str, have_memo;
+    const char **str; /* the caller's outputs, set by the string opcode */
+    size_t *str_len;
+    char *err;
+    size_t errcap;
+} unpickler;
+
+/* What one opcode did: go on to the next, the pickle ended, or it failed
+ * (PK_BAD_OP: refused where it stands; PK_FAIL: err is already written). */
+enum { PK_NEXT, PK_STOP, PK_BAD_OP, PK_FAIL };
+
+/* 1 if n more bytes are there, else 0 with err saying where it was cut. */
+static int pk_need(unpickler *u, size_t n, const char *what)
+{
+    if (u->len - u->i < n) {
+        mu_fmt(u->err, u->errcap, "pickle truncated in %s at offset %zu", what, u->i);
+        return 0;
+    }
+    return 1;
+}
+
+/* PROTO 2 to 5, the first two bytes. */
+static mu_status pk_header(unpickler *u)
+{
+    if (!pk_need(u, 2, "PROTO"))
+        return MU_EPROTOCOL;
+    if (u->p[0] != 0x80) {
+        mu_fmt(u->err, u->errcap, "pickle does not start with PROTO (byte 0x%02x)", u->p[0]);
+        return MU_EPROTOCOL;
+    }
+    u->proto = u->p[1];
+    if (u->proto < 2 || u->proto > 5) {
+        mu_fmt(u->err, u->errcap, "pickle protocol %d is not supported (2 to 5 are)", u->proto);
+        return MU_EPROTOCOL;
+    }
+    u->i = 2;
+    return MU_OK;
+}
+
+/* FRAME (protocol 4+): an 8-byte length that must fit in what remains. */
+static int pk_frame(unpickler *u, size_t at)
+{
+    if (u->proto < 4)
+        return PK_BAD_OP;
+    if (!pk_need(u, 8, "FRAME"))
+        return PK_FAIL;
+    uint64_t n = le(u->p + u->i, 8);
+    u->i += 8;
+    if (n > u->len - u->i) {
+        mu_fmt(u->err, u->errcap, "pickle FRAME at offset %zu claims %llu bytes, %zu remain", at,
+               (unsigned long long)n, u->len - u->i);
+        return PK_FAIL;
+    }
+    return PK_NEXT;
+}
+
+/* The one string: SHORT_BINUNICODE (0x8c) or BINUNICODE8 (0x8d), both
+ * protocol 4+, or BINUNICODE (0x58); a 1-, 8- or 4-byte length. */
+static int pk_string(unpickler *u, unsigned char op, size_t at)
+{
+    if (u->have_str || (op != 0x58 && u->proto < 4))
+        return PK_BAD_OP;
+    int w = op == 0x8c ? 1 : op == 0x58 ? 4 : 8;
+    if (!pk_need(u, (size_t)w, "string length"))
+        return PK_FAIL;
+    uint64_t n = le(u->p + u->i, w);
+    u->i += (size_t)w;
+    if (n > u->len - u->i) {
+        mu_fmt(u->err, u->errcap, "pickle string at offset %zu claims %llu bytes, %zu remain", at,
+               (unsigned long long)n, u->len - u->i);
+        return PK_FAIL;
+    }
+    *u->str = (const char *)u->p + u->i;
+    *u->str_len = (size_t)n;
+    u->i += (size_t)n;
+    u->have_str = 1;
+    return PK_NEXT;
+}
+
+/* At most one memo opcode, after the string: MEMOIZE (0x94, protocol 4+),
+ * BINPUT (0x71, a 1-byte slot) or LONG_BINPUT (0x72, a 4-byte slot). */
+static int pk_memo(unpickler *u, unsigned char op)
+{
+    if (!u->have_str || u->have_memo)
+        return PK_BAD_OP;
+    if (op == 0x94) {
+        if (u->proto < 4)
+            return PK_BAD_OP;
+        u->have_memo = 1;
+        return PK_NEXT;
+    }
+    if (!pk_need(u, op == 0x71 ? 1 : 4, "BINPUT"))
+        return PK_FAIL;
+    u->i += op == 0x71 ? 1u : 4u;
+    u->have_memo = 1;
+    return PK_NEXT;
+}
+
+/* STOP, after the string, and the last byte. */
+static int pk_stop(unpickler *u)
+{
+    if (!u->have_str)
+        return PK_BAD_OP;
+    if (u->i != u->len) {
+        mu_fmt(u->err, u->errcap, "%zu trailing bytes after pickle STOP", u->len - u->i);
+        return PK_FAIL;
+    }
+    return PK_STOP;
+}
+
+/* One opcode, op at offset at (u->i is past it). Any opcode not named here
+ * is refused. */
+static int pk_opcode(unpickler *u, unsigned char op, size_t at)
+{
+    switch (op) {
+    case 0x95: /* FRAME */
+        return pk_frame(u, at);
+    case 0x8c: /* SHORT_BINUNICODE */
+    case 0x58: /* BINUNICODE */
+    case 0x8d: /* BINUNICODE8 */
+        return pk_string(u, op, at);
+    case 0x94: /* MEMOIZE */
+    case 0x71: /* BINPUT */
+    case 0x72: /* LONG_BINPUT */
+        return pk_memo(u, op);
+    case 0x2e: /* STOP */
+        return pk_stop(u);
+    default:
+        return PK_BAD_OP;
+    }
+}
+
 /* The pickle of one Python str, as pickle.dumps(str) writes it with
  * protocols 2 to 5: PROTO, [FRAME], one string opcode, [memo], STOP. Any
  * other opcode is refused before anything else is looked at. */
 mu_status mu_unpickle_str(const unsigned char *p, size_t len, const char **str, size_t *str_len,
                           char *err, size_t errcap)
 {
-    size_t i = 0;
-    int proto = 0, have_str = 0, have_memo = 0;
-#define NEED(n, what)                                                                          \
-    do {                                                                                       \
-        if (len - i < (size_t)(n)) {                                                           \
-            mu_fmt(err, errcap, "pickle truncated in %s at offset %zu", what, i);              \
-            return MU_EPROTOCOL;                                                               \
-        }                                                                                      \
-    } while (0)
-
-    NEED(2, "PROTO");
-    if (p[0] != 0x80) {
-        mu_fmt(err, errcap, "pickle does not start with PROTO (byte 0x%02x)", p[0]);
+    unpickler u = {p, len, 0, 0, 0, 0, str, str_len, err, errcap};
+    if (pk_header(&u) != MU_OK)
         return MU_EPROTOCOL;
-    }
-    proto = p[1];
-    if (proto < 2 || proto > 5) {
-        mu_fmt(err, errcap, "pickle protocol %d is not supported (2 to 5 are)", proto);
-        return MU_EPROTOCOL;
-    }
-    i = 2;
     for (;;) {
-        NEED(1, "opcode");
-        unsigned char op = p[i];
-        size_t at = i++;
-        uint64_t n;
-        switch (op) {
-        case 0x95: /* FRAME */
-            if (proto < 4)
-                goto bad_op;
-            NEED(8, "FRAME");
-            n = le(p + i, 8);
-            i += 8;
-            if (n > len - i) {
-                mu_fmt(err, errcap, "pickle FRAME at offset %zu claims %llu bytes, %zu remain", at,
-                       (unsigned long long)n, len - i);
-                return MU_EPROTOCOL;
-            }
+        if (!pk_need(&u, 1, "opcode"))
+            return MU_EPROTOCOL;
+        unsigned char op = p[u.i];
+        size_t at = u.i++;
+        switch (pk_opcode(&u, op, at)) {
+        case PK_NEXT:
             continue;
-        case 0x8c: /* SHORT_BINUNICODE */
-        case 0x58: /* BINUNICODE */
-        case 0x8d: /* BINUNICODE8 */
-            if (have_str || (op != 0x58 && proto < 4))
-                goto bad_op;
-            {
-                int w = op == 0x8c ? 1 : op == 0x58 ? 4 : 8;
-                NEED(w, "string length");
-                n = le(p + i, w);
-                i += (size_t)w;
-                if (n > len - i) {
-                    mu_fmt(err, errcap, "pickle string at offset %zu claims %llu bytes, %zu remain",
-                           at, (unsigned long long)n, len - i);
-                    return MU_EPROTOCOL;
-                }
-                *str = (const char *)p + i;
-                *str_len = (size_t)n;
-                i += (size_t)n;
-                have_str = 1;
-            }
-            continue;
-        case 0x94: /* MEMOIZE */
-            if (proto < 4 || !have_str || have_memo)
-                goto bad_op;
-            have_memo = 1;
-            continue;
-        case 0x71: /* BINPUT */
-        case 0x72: /* LONG_BINPUT */
-            if (!have_str || have_memo)
-                goto bad_op;
-            NEED(op == 0x71 ? 1 : 4, "BINPUT");
-            i += op == 0x71 ? 1u : 4u;
-            have_memo = 1;
-            continue;
-        case 0x2e: /* STOP */
-            if (!have_str)
-                goto bad_op;
-            if (i != len) {
-                mu_fmt(err, errcap, "%zu trailing bytes after pickle STOP", len - i);
-                return MU_EPROTOCOL;
-            }
+        case PK_STOP:
             return MU_OK;
-        default:
-            goto bad_op;
+        case PK_BAD_OP:
+            mu_fmt(err, errcap,
+                   "pickle opcode 0x%02x at offset %zu refused: only a single str is accepted", op,
+                   at);
+            return MU_EPROTOCOL;
+        default: /* PK_FAIL */
+            return MU_EPROTOCOL;
         }
-    bad_op:
-        mu_fmt(err, errcap,
-               "pickle opcode 0x%02x at offset %zu refused: only a single str is accepted", op, at);
-        return MU_EPROTOCOL;
     }
-#undef NEED
 }
 
 /* ---- the JSON envelope ------------------------------------------------- */
@@ -539,138 +610,168 @@ static mu_status not_envelope(mu_reply *r, long http, mu_status st, const char *
     return r->status;
 }
 
-mu_status mu_decode_response(mu_decoder *d, const char *body, size_t len, long http,
-                             const char *expect_id, mu_reply *r)
-{
-    char why[200];
-    memset(r, 0, sizeof *r);
-    r->result = "null";
-    r->result_len = 4;
+/* ---- the body, top-down ------------------------------------------------ */
 
-    if (http == 401) {
-        char text[80];
-        printable(text, sizeof text, body, len < 64 ? len : 64);
-        r->status = MU_EAUTH;
-        mu_fmt(r->detail, sizeof r->detail, "HTTP 401 (auth token rejected): %s", text);
+enum { WHY_CAP = 200 }; /* for the reason a body is refused */
+
+/* HTTP 401: the provider refused the auth token; the start of the body,
+ * printable, says why. */
+static mu_status auth_rejected(mu_reply *r, const char *body, size_t len)
+{
+    char text[80];
+    printable(text, sizeof text, body, len < 64 ? len : 64);
+    r->status = MU_EAUTH;
+    mu_fmt(r->detail, sizeof r->detail, "HTTP 401 (auth token rejected): %s", text);
+    return r->status;
+}
+
+/* Flag '1': a 4-byte size, then an LZ4 block. *pk, *pk_len: the block with
+ * its size, in; the pickle decompressed into d->plain, out. */
+static mu_status lz4_inflate(mu_decoder *d, long http, mu_reply *r, const unsigned char **pk,
+                             size_t *pk_len)
+{
+    char why[WHY_CAP];
+    const unsigned char *in = *pk;
+    size_t in_len = *pk_len;
+    if (in_len < 4)
+        return not_envelope(r, http, MU_EPROTOCOL, "LZ4 body shorter than its size header");
+    uint64_t declared = le(in, 4);
+    if (declared > d->max_size || declared > (uint64_t)INT32_MAX) {
+        mu_fmt(why, sizeof why, "LZ4 body declares %llu bytes, over the cap of %zu",
+               (unsigned long long)declared, d->max_size);
+        return not_envelope(r, http, MU_ETOOBIG, why);
+    }
+    if (in_len - 4 > (size_t)INT32_MAX)
+        return not_envelope(r, http, MU_ETOOBIG, "LZ4 body too large");
+    /* LZ4 expands at most about 255:1; a larger claim is a lie that would
+     * only make us reserve memory. */
+    if (declared > 255u * (uint64_t)(in_len - 4) + 64u) {
+        mu_fmt(why, sizeof why,
+               "LZ4 body declares %llu bytes, more than its %zu compressed bytes can hold",
+               (unsigned long long)declared, in_len - 4);
+        return not_envelope(r, http, MU_EPROTOCOL, why);
+    }
+    mu_buf_reset(&d->plain);
+    if (mu_buf_reserve(&d->plain, (size_t)declared + 1) != 0) {
+        r->status = MU_ENOMEM;
+        mu_fmt(r->detail, sizeof r->detail, "out of memory for %llu bytes",
+               (unsigned long long)declared);
         return r->status;
     }
-    if (len == 0)
-        return not_envelope(r, http, MU_EPROTOCOL, "empty body");
+    int got = LZ4_decompress_safe((const char *)in + 4, d->plain.data, (int)(in_len - 4),
+                                  (int)declared);
+    if (got < 0 || (uint64_t)got != declared) {
+        mu_fmt(why, sizeof why, "LZ4 block is corrupt or does not match its declared size %llu",
+               (unsigned long long)declared);
+        return not_envelope(r, http, MU_EPROTOCOL, why);
+    }
+    d->plain.len = (size_t)got;
+    *pk = (const unsigned char *)d->plain.data;
+    *pk_len = d->plain.len;
+    return MU_OK;
+}
 
-    const unsigned char *pk = (const unsigned char *)body + 1;
-    size_t pk_len = len - 1;
-    if (body[0] == '1') {
-        if (pk_len < 4)
-            return not_envelope(r, http, MU_EPROTOCOL, "LZ4 body shorter than its size header");
-        uint64_t declared = le(pk, 4);
-        if (declared > d->max_size || declared > (uint64_t)INT32_MAX) {
-            mu_fmt(why, sizeof why, "LZ4 body declares %llu bytes, over the cap of %zu",
-                   (unsigned long long)declared, d->max_size);
-            return not_envelope(r, http, MU_ETOOBIG, why);
-        }
-        if (pk_len - 4 > (size_t)INT32_MAX)
-            return not_envelope(r, http, MU_ETOOBIG, "LZ4 body too large");
-        /* LZ4 expands at most about 255:1; a larger claim is a lie that would
-         * only make us reserve memory. */
-        if (declared > 255u * (uint64_t)(pk_len - 4) + 64u) {
-            mu_fmt(why, sizeof why,
-                   "LZ4 body declares %llu bytes, more than its %zu compressed bytes can hold",
-                   (unsigned long long)declared, pk_len - 4);
-            return not_envelope(r, http, MU_EPROTOCOL, why);
-        }
-        mu_buf_reset(&d->plain);
-        if (mu_buf_reserve(&d->plain, (size_t)declared + 1) != 0) {
-            r->status = MU_ENOMEM;
-            mu_fmt(r->detail, sizeof r->detail, "out of memory for %llu bytes",
-                   (unsigned long long)declared);
-            return r->status;
-        }
-        int got = LZ4_decompress_safe((const char *)pk + 4, d->plain.data, (int)(pk_len - 4),
-                                      (int)declared);
-        if (got < 0 || (uint64_t)got != declared) {
-            mu_fmt(why, sizeof why, "LZ4 block is corrupt or does not match its declared size %llu",
-                   (unsigned long long)declared);
-            return not_envelope(r, http, MU_EPROTOCOL, why);
-        }
-        d->plain.len = (size_t)got;
-        pk = (const unsigned char *)d->plain.data;
-        pk_len = d->plain.len;
-    } else if (body[0] != '0') {
+/* The flag byte of a non-empty body: '0' a pickle (within the size cap)
+ * follows, '1' an LZ4 one. Sets *pk, *pk_len to the pickle. */
+static mu_status unwrap_body(mu_decoder *d, const char *body, size_t len, long http, mu_reply *r,
+                             const unsigned char **pk, size_t *pk_len)
+{
+    char why[WHY_CAP];
+    *pk = (const unsigned char *)body + 1;
+    *pk_len = len - 1;
+    if (body[0] == '1')
+        return lz4_inflate(d, http, r, pk, pk_len);
+    if (body[0] != '0') {
         mu_fmt(why, sizeof why, "unknown flag byte 0x%02x (expected '0' or '1')",
                (unsigned char)body[0]);
         return not_envelope(r, http, MU_EPROTOCOL, why);
-    } else if (pk_len > d->max_size) {
+    }
+    if (*pk_len > d->max_size) {
         mu_fmt(why, sizeof why, "body of %zu bytes is over the cap of %zu", len, d->max_size);
         return not_envelope(r, http, MU_ETOOBIG, why);
     }
+    return MU_OK;
+}
 
-    const char *json;
-    size_t json_len;
-    mu_status st = mu_unpickle_str(pk, pk_len, &json, &json_len, why, sizeof why);
-    if (st != MU_OK)
-        return not_envelope(r, http, st, why);
-
-    env e;
-    memset(&e, 0, sizeof e);
-    e.text = json;
-    e.scratch = &d->scratch;
-    e.name_off = e.msg_off = e.id_off = (size_t)-1;
+/* The JSON envelope: parses json into e, its strings into d->scratch. */
+static mu_status parse_envelope(mu_decoder *d, const char *json, size_t json_len, long http,
+                                env *e, mu_reply *r)
+{
+    char why[WHY_CAP];
+    memset(e, 0, sizeof *e);
+    e->text = json;
+    e->scratch = &d->scratch;
+    e->name_off = e->msg_off = e->id_off = (size_t)-1;
     mu_buf_reset(&d->scratch);
-    e.h = ya_parser(d->cache, &env_callbacks, &e);
-    if (!e.h) {
+    e->h = ya_parser(d->cache, &env_callbacks, e);
+    if (!e->h) {
         r->status = MU_ENOMEM;
         mu_fmt(r->detail, sizeof r->detail, "out of memory");
         return r->status;
     }
-    yajl_status ys = yajl_parse(e.h, (const unsigned char *)json, json_len);
+    yajl_status ys = yajl_parse(e->h, (const unsigned char *)json, json_len);
     if (ys == yajl_status_ok)
-        ys = yajl_complete_parse(e.h);
+        ys = yajl_complete_parse(e->h);
     if (ys != yajl_status_ok) {
-        if (e.oom) {
-            yajl_free(e.h);
+        if (e->oom) {
+            yajl_free(e->h);
             r->status = MU_ENOMEM;
             mu_fmt(r->detail, sizeof r->detail, "out of memory");
             return r->status;
         }
-        unsigned char *msg = yajl_get_error(e.h, 0, (const unsigned char *)json, json_len);
-        size_t at = yajl_get_bytes_consumed(e.h);
+        unsigned char *msg = yajl_get_error(e->h, 0, (const unsigned char *)json, json_len);
+        size_t at = yajl_get_bytes_consumed(e->h);
         mu_fmt(why, sizeof why, "response JSON is invalid near byte %zu: %s", at,
-               e.reason ? e.reason : msg ? (const char *)msg : "parse error");
+               e->reason ? e->reason : msg ? (const char *)msg : "parse error");
         if (msg)
-            yajl_free_error(e.h, msg);
-        yajl_free(e.h);
+            yajl_free_error(e->h, msg);
+        yajl_free(e->h);
         return not_envelope(r, http, MU_EPROTOCOL, why);
     }
-    yajl_free(e.h);
+    yajl_free(e->h);
+    return MU_OK;
+}
 
-    if (!e.have_result && !e.have_error)
+/* A request_id other than the one sent (rid: NULL when there was none). */
+static mu_status id_mismatch(mu_reply *r, long http, const char *expect_id, const char *rid,
+                             size_t rid_len)
+{
+    char why[WHY_CAP];
+    char got[80];
+    if (rid)
+        printable(got, sizeof got, rid, rid_len);
+    mu_fmt(why, sizeof why, "request_id mismatch: sent %s, got %s", expect_id,
+           rid ? got : "none");
+    return not_envelope(r, http, MU_EPROTOCOL, why);
+}
+
+/* The reply a parsed envelope makes: the request_id check (a null id only
+ * on an error reply), then the remote error, or the result. */
+static mu_status envelope_reply(const mu_decoder *d, const env *e, const char *json,
+                                size_t json_len, long http, const char *expect_id, mu_reply *r)
+{
+    if (!e->have_result && !e->have_error)
         return not_envelope(r, http, MU_EPROTOCOL, "response JSON has neither result nor error");
     r->doc = json;
     r->doc_len = json_len;
-    const char *rid = e.have_id ? d->scratch.data + e.id_off : NULL;
-    int is_error = e.have_error && !e.error_null;
+    const char *rid = e->have_id ? d->scratch.data + e->id_off : NULL;
+    int is_error = e->have_error && !e->error_null;
 
     if (expect_id && !(rid == NULL && is_error) &&
-        (rid == NULL || e.id_len != strlen(expect_id) || memcmp(rid, expect_id, e.id_len) != 0)) {
-        char got[80];
-        if (rid)
-            printable(got, sizeof got, rid, e.id_len);
-        mu_fmt(why, sizeof why, "request_id mismatch: sent %s, got %s", expect_id,
-               rid ? got : "none");
-        return not_envelope(r, http, MU_EPROTOCOL, why);
-    }
+        (rid == NULL || e->id_len != strlen(expect_id) || memcmp(rid, expect_id, e->id_len) != 0))
+        return id_mismatch(r, http, expect_id, rid, e->id_len);
     if (is_error) {
         r->status = MU_EREMOTE;
-        r->err_name = e.name_off != (size_t)-1 ? d->scratch.data + e.name_off : "UnknownError";
-        r->err_message = e.msg_off != (size_t)-1 ? d->scratch.data + e.msg_off : "";
-        r->err_code = e.have_code ? e.code : 0;
+        r->err_name = e->name_off != (size_t)-1 ? d->scratch.data + e->name_off : "UnknownError";
+        r->err_message = e->msg_off != (size_t)-1 ? d->scratch.data + e->msg_off : "";
+        r->err_code = e->have_code ? e->code : 0;
         mu_fmt(r->detail, sizeof r->detail, "%s (%lld): %.160s", r->err_name, r->err_code,
                r->err_message);
         return r->status;
     }
-    if (e.have_result) {
-        r->result = json + e.result_off;
-        r->result_len = e.result_len;
+    if (e->have_result) {
+        r->result = json + e->result_off;
+        r->result_len = e->result_len;
     }
     if (http != 200) {
         r->status = MU_EHTTP;
@@ -679,4 +780,38 @@ mu_status mu_decode_response(mu_decoder *d, const char *body, size_t len, long h
     }
     r->status = MU_OK;
     return MU_OK;
+}
+
+/* flag byte -> [LZ4] -> pickle -> JSON envelope -> result or error. Each
+ * step returns MU_OK to go on, else the status it has set in r. */
+mu_status mu_decode_response(mu_decoder *d, const char *body, size_t len, long http,
+                             const char *expect_id, mu_reply *r)
+{
+    memset(r, 0, sizeof *r);
+    r->result = "null";
+    r->result_len = 4;
+
+    if (http == 401)
+        return auth_rejected(r, body, len);
+    if (len == 0)
+        return not_envelope(r, http, MU_EPROTOCOL, "empty body");
+
+    const unsigned char *pk;
+    size_t pk_len;
+    mu_status st = unwrap_body(d, body, len, http, r, &pk, &pk_len);
+    if (st != MU_OK)
+        return st;
+
+    char why[WHY_CAP];
+    const char *json;
+    size_t json_len;
+    st = mu_unpickle_str(pk, pk_len, &json, &json_len, why, sizeof why);
+    if (st != MU_OK)
+        return not_envelope(r, http, st, why);
+
+    env e;
+    st = parse_envelope(d, json, json_len, http, &e, r);
+    if (st != MU_OK)
+        return st;
+    return envelope_reply(d, &e, json, json_len, http, expect_id, r);
 }
