@@ -15,13 +15,20 @@
 #include <string.h>
 
 #include "client.h"
+#include "outcome.h"
 
 typedef struct mu_call_handle call_t;
+
+/* Sent attempts are at most 1 + 10 retries; rounds of unsent ones are
+ * reset after each backoff. Past the cap an endpoint is simply not
+ * remembered (it may be picked again sooner). */
+#define MAX_TRIED 16
 
 enum call_state {
     C_WAITING,  /* for its group's first load */
     C_QUEUED,   /* an attempt waits for one of its endpoint's connections */
     C_RUNNING,  /* an attempt is in flight */
+    C_BACKOFF,  /* no provider accepted a connection: waiting to try again */
     C_DONE,     /* outcome known, queued for delivery */
     C_DELIVERING,
 };
@@ -29,8 +36,9 @@ enum call_state {
 struct mu_call_handle {
     mu_client *c;
     struct mu_call_handle *prev, *next; /* c->live */
-    struct mu_call_handle *qnext;       /* done queue, the group's waiters, or the endpoint's queue */
-    struct mu_call_handle *qprev;       /* the endpoint's queue only */
+    /* done queue, the group's waiters, or the endpoint's queue or running list */
+    struct mu_call_handle *qnext;
+    struct mu_call_handle *qprev;       /* the endpoint's queue or running list only */
     enum call_state state;
     mu_target *t;
     mu_call_cb cb;
@@ -39,12 +47,19 @@ struct mu_call_handle {
     size_t prefix_len;
     mu_xfer *x;
     struct event *timer; /* the deadline */
+    struct event *backoff; /* the wait before trying refusing providers again */
     struct curl_slist *hdrs; /* per attempt, 1.0.4+ only */
     const struct curl_slist *send_hdrs; /* the headers of the attempt */
     mu_endpoint *ep;     /* the attempt in flight holds ep->pending */
-    mu_endpoint *tried[8];
+    mu_endpoint *tried[MAX_TRIED]; /* this round's endpoints, avoided while others exist */
     int ntried;
-    int attempts, max_attempts, idempotent, timeout_ms;
+    int attempts;     /* every attempt begun, as reported in mu_result */
+    int sent;         /* attempts that may have reached a provider: these use up retries */
+    int max_attempts; /* bound on sent */
+    int nbackoff;     /* waits so far */
+    int idempotent, timeout_ms;
+    uint64_t launch_us;      /* when the running attempt went to curl */
+    uint64_t done_at_launch; /* its endpoint's done_seq then */
     long attempt_timeout_ms; /* what the running attempt was given (may be cut by the deadline) */
     mu_policy policy;
     uint64_t start_us, deadline_us;
@@ -54,6 +69,8 @@ struct mu_call_handle {
     long http_status;
     char endpoint[72];
     char detail[320];
+    char unsent_why[200];  /* the last attempt that never reached a provider */
+    char unsent_eps[160];  /* "host:port, ..." of those attempts */
     mu_decoder dec;
     mu_reply reply;
 };
@@ -63,7 +80,9 @@ struct mu_call_handle {
 
 
 static void on_deadline(evutil_socket_t fd, short what, void *arg);
+static void on_backoff(evutil_socket_t fd, short what, void *arg);
 static void start_attempt(call_t *k);
+static void retry_unsent(call_t *k, const char *why);
 
 /* --------------------------------------------------------------- plumbing */
 
@@ -83,6 +102,7 @@ static void call_destroy(call_t *k)
 {
     mu_xfer_free(k->x);
     event_free(k->timer);
+    event_free(k->backoff);
     mu_buf_free(&k->body);
     mu_decoder_cleanup(&k->dec);
     free(k);
@@ -137,11 +157,14 @@ static call_t *call_get(mu_client *c)
         k->c = c;
         k->x = mu_xfer_new(c->tp);
         k->timer = evtimer_new(c->base, on_deadline, k);
-        if (!k->x || !k->timer) {
+        k->backoff = evtimer_new(c->base, on_backoff, k);
+        if (!k->x || !k->timer || !k->backoff) {
             if (k->x)
                 mu_xfer_free(k->x);
             if (k->timer)
                 event_free(k->timer);
+            if (k->backoff)
+                event_free(k->backoff);
             free(k);
             return NULL;
         }
@@ -153,6 +176,10 @@ static call_t *call_get(mu_client *c)
     k->ep = NULL;
     k->ntried = 0;
     k->attempts = 0;
+    k->sent = 0;
+    k->nbackoff = 0;
+    k->unsent_why[0] = '\0';
+    k->unsent_eps[0] = '\0';
     k->http_status = 0;
     k->endpoint[0] = '\0';
     k->detail[0] = '\0';
@@ -210,6 +237,34 @@ static void queue_remove(call_t *k)
     k->qnext = k->qprev = NULL;
 }
 
+/* Attempts handed to curl, per endpoint, oldest first: the oldest is what
+ * the stall check below looks at. */
+static void run_add(call_t *k)
+{
+    mu_endpoint *e = k->ep;
+    k->qnext = NULL;
+    k->qprev = e->run_tail;
+    if (e->run_tail)
+        e->run_tail->qnext = k;
+    else
+        e->run_head = k;
+    e->run_tail = k;
+}
+
+static void run_remove(call_t *k)
+{
+    mu_endpoint *e = k->ep;
+    if (k->qprev)
+        k->qprev->qnext = k->qnext;
+    else
+        e->run_head = k->qnext;
+    if (k->qnext)
+        k->qnext->qprev = k->qprev;
+    else
+        e->run_tail = k->qprev;
+    k->qnext = k->qprev = NULL;
+}
+
 static void on_xfer_done(mu_xfer *x, const mu_xfer_result *res, void *user);
 static void finish(call_t *k, mu_status st, const char *fmt, ...) MU_PRINTF(3, 4);
 
@@ -229,6 +284,7 @@ static int launch(call_t *k)
     long timeout = k->timeout_ms < remaining_ms ? k->timeout_ms : remaining_ms;
     k->attempt_timeout_ms = timeout;
     e->active++;
+    mu_xfer_set_reuse(k->x, !e->no_reuse);
     if (mu_xfer_start(k->x, e->url, k->body.data, k->body.len, k->send_hdrs, timeout, on_xfer_done,
                       k) != 0) {
         e->active--;
@@ -236,6 +292,9 @@ static int launch(call_t *k)
         finish(k, MU_ETRANSPORT, "the HTTP transport refused the request to %s", k->endpoint);
         return -1;
     }
+    k->launch_us = now;
+    k->done_at_launch = e->done_seq;
+    run_add(k);
     return 0;
 }
 
@@ -255,6 +314,8 @@ static void stop(call_t *k)
     evtimer_del(k->timer);
     if (k->state == C_WAITING)
         waiters_remove(k);
+    if (k->state == C_BACKOFF)
+        evtimer_del(k->backoff);
     /* k->ep is NULL once the attempt has ended (completed, or never left
      * the queue): then there is nothing to undo. */
     if (k->state == C_QUEUED && k->ep) {
@@ -264,6 +325,7 @@ static void stop(call_t *k)
     if (k->state == C_RUNNING && k->ep) {
         mu_endpoint *e = k->ep;
         mu_xfer_cancel(k->x);
+        run_remove(k);
         e->active--;
         pump(e); /* before end_attempt, which may free e */
         end_attempt(k);
@@ -404,7 +466,7 @@ void mu_calls_drain(mu_client *c)
 
 static int retryable_budget(call_t *k)
 {
-    return k->attempts < k->max_attempts && mu_now_us() + 1000 < k->deadline_us;
+    return k->sent < k->max_attempts && mu_now_us() + 1000 < k->deadline_us;
 }
 
 static void mark_down(call_t *k, mu_endpoint *e)
@@ -439,84 +501,176 @@ static void reroute_queue(mu_endpoint *e)
     }
 }
 
-static void on_xfer_done(mu_xfer *x, const mu_xfer_result *res, void *user)
+/* Keep-alive that the provider does not honour (docs/protocol.md §6).
+ * - A reused connection died before any answer, and no answer has ever
+ *   come over a reused connection to it: it closes every connection after
+ *   one response without saying so (uwsgi --http-socket).
+ * - The oldest attempt on it went over a new connection and has had no
+ *   answer for keepalive_stall_ms, while at least 4 attempts begun after it
+ *   were answered: connections are served one at a time each, by a fixed
+ *   number of workers (uwsgi --http11-socket), and ours wait unread behind
+ *   the connections we keep open.
+ * Either way connections to it are then used once and closed ("Connection:
+ * close"), as the Python client does; closing the kept ones frees the
+ * workers that the waiting attempts need. Lasts while it is in the view. */
+static void learn_reuse(call_t *k, mu_endpoint *e, const mu_xfer_result *res, uint64_t now)
 {
-    MU_UNUSED(x);
-    call_t *k = user;
     mu_client *c = k->c;
-    mu_endpoint *e = k->ep;
-    /* The connection is free: the next queued attempt goes first. Queued
-     * attempts hold e->pending, so e outlives this. */
-    e->active--;
-    pump(e);
-    k->http_status = res->http_status;
-    int retry = 0;
-    mu_status st;
-    char why[300];
-    why[0] = '\0';
+    const char *why = NULL;
+    if (res->code == CURLE_OK && res->reused)
+        e->reuse_ok++;
+    if (e->no_reuse)
+        return;
+    if (res->died_on_reuse && e->reuse_ok == 0) {
+        why = "it closes connections after each response";
+    } else if (res->code == CURLE_OK && e->run_head) {
+        call_t *old = e->run_head;
+        if (now - old->launch_us >= (uint64_t)c->s.stall_ms * 1000u &&
+            e->done_seq - old->done_at_launch >= 4 && mu_xfer_fresh_connection(old->x))
+            why = "it leaves new connections unread while it serves kept ones";
+    }
+    if (!why)
+        return;
+    e->no_reuse = 1;
+    mu_log(&c->log, MU_LOG_INFO, "%s: %s: one connection per call from now on", e->key, why);
+}
 
-    if (res->code == CURLE_OK && !res->too_big) {
+/* The provider's health, from one attempt's signal. */
+static void note_health(call_t *k, mu_endpoint *e, mu_signal sig)
+{
+    switch (sig) {
+    case MU_SIG_ANSWERED:
         e->fail_streak = 0;
         e->down_until_us = 0;
-        st = mu_decode_response(&k->dec, res->body, res->len, res->http_status, k->request_id,
-                                &k->reply);
-        if (st == MU_OK) {
-            terminate_result(k);
-            end_attempt(k);
-            finish(k, k->status, NULL);
-            return;
-        }
-        mu_fmt(why, sizeof why, "%s from %s", k->reply.detail, e->key);
-        /* A 5xx without a microutil body, or a body we cannot read, may mean
-         * the method ran: only an idempotent call may run it again. */
-        retry = k->idempotent && (st == MU_EPROTOCOL || (st == MU_EHTTP && res->http_status >= 500));
-    } else if (res->too_big) {
-        st = MU_ETOOBIG;
-        mu_fmt(why, sizeof why, "response from %s is over max_response_bytes (%zu)", e->key,
-               c->s.max_response);
-    } else if (!res->sent) {
-        /* Nothing reached the provider: always safe to try another. */
-        st = MU_ECONNECT;
-        mu_fmt(why, sizeof why, "connect to %s failed: %s", e->key,
-               res->error[0] ? res->error : curl_easy_strerror(res->code));
-        /* A connect that ran out of the call's own deadline says nothing
-         * about the provider. */
-        if (!(res->code == CURLE_OPERATION_TIMEDOUT && k->attempt_timeout_ms < k->timeout_ms)) {
-            mark_down(k, e);
-            reroute_queue(e);
-        }
-        retry = 1;
-    } else if (res->code == CURLE_OPERATION_TIMEDOUT) {
-        st = MU_ETIMEDOUT;
-        mu_fmt(why, sizeof why, "no answer from %s within %d ms", e->key, k->timeout_ms);
+        break;
+    case MU_SIG_REFUSED:
+        mark_down(k, e);
+        reroute_queue(e);
+        break;
+    case MU_SIG_TIMEOUT:
+    case MU_SIG_BROKEN:
         e->failures++;
-        retry = k->idempotent;
-    } else {
-        st = MU_ETRANSPORT;
-        mu_fmt(why, sizeof why, "connection to %s failed after the request was sent: %s", e->key,
-               res->error[0] ? res->error : curl_easy_strerror(res->code));
-        e->failures++;
-        retry = k->idempotent;
+        break;
+    case MU_SIG_NEUTRAL:
+        break;
     }
-    end_attempt(k);
-    if (retry && retryable_budget(k)) {
+}
+
+static void describe(call_t *k, const mu_endpoint *e, const mu_xfer_result *res, mu_status st,
+                     char *why, size_t cap)
+{
+    const char *err = res->error[0] ? res->error : curl_easy_strerror(res->code);
+    if (res->code == CURLE_OK && !res->too_big) {
+        mu_fmt(why, cap, "%s from %s", k->reply.detail, e->key);
+        return;
+    }
+    switch (st) {
+    case MU_ETOOBIG:
+        mu_fmt(why, cap, "response from %s is over max_response_bytes (%zu)", e->key,
+               k->c->s.max_response);
+        break;
+    case MU_ECONNECT:
+        mu_fmt(why, cap, "connect to %s failed: %s", e->key, err);
+        break;
+    case MU_ETIMEDOUT:
+        mu_fmt(why, cap, "no answer from %s within %d ms", e->key, k->timeout_ms);
+        break;
+    case MU_ETRANSPORT:
+        if (res->unsent)
+            mu_fmt(why, cap, "%s reset a kept connection before reading the request: %s", e->key,
+                   err);
+        else
+            mu_fmt(why, cap, "connection to %s failed after the request was sent: %s", e->key,
+                   err);
+        break;
+    default:
+        mu_fmt(why, cap, "%s from %s", k->reply.detail, e->key);
+        break;
+    }
+}
+
+/* Remembers an attempt that never reached its provider, for the detail of
+ * a call that ends without any provider accepting it. */
+static void note_unsent(call_t *k, const mu_endpoint *e, const char *why)
+{
+    mu_fmt(k->unsent_why, sizeof k->unsent_why, "%s", why);
+    if (strstr(k->unsent_eps, e->key))
+        return;
+    size_t n = strlen(k->unsent_eps);
+    if (n + strlen(e->key) + 3 < sizeof k->unsent_eps)
+        mu_fmt(k->unsent_eps + n, sizeof k->unsent_eps - n, "%s%s", n ? ", " : "", e->key);
+}
+
+static void fail_after_send(call_t *k, const mu_outcome *o, const char *why)
+{
+    mu_client *c = k->c;
+    mu_status st = o->status;
+    if (o->retry && retryable_budget(k)) {
         c->stats.retries++;
         mu_log(&c->log, MU_LOG_INFO, "%s: attempt %d: %s; retrying", k->t->g->path, k->attempts,
                why);
         start_attempt(k);
         return;
     }
-    if (retry && k->attempts < k->max_attempts)
+    int timeoutish = (st == MU_ETIMEDOUT || st == MU_ETRANSPORT) && !k->idempotent;
+    if (o->retry && k->sent < k->max_attempts)
         finish(k, st, "%s; deadline reached after %d attempt(s)", why, k->attempts);
-    else if (!retry && k->attempts > 1 && st != MU_EREMOTE)
+    else if (!o->retry && k->attempts > 1 && st != MU_EREMOTE)
         finish(k, st, "%s (attempt %d of %d%s)", why, k->attempts, k->max_attempts,
-               (st == MU_ETIMEDOUT || st == MU_ETRANSPORT) && !k->idempotent
-                   ? "; not retried: the call is not idempotent"
-                   : "");
-    else if (!retry && (st == MU_ETIMEDOUT || st == MU_ETRANSPORT) && !k->idempotent)
+               timeoutish ? "; not retried: the call is not idempotent" : "");
+    else if (!o->retry && timeoutish)
         finish(k, st, "%s; not retried: the call is not idempotent", why);
     else
         finish(k, st, "%s after %d attempt(s)", why, k->attempts);
+}
+
+static void on_xfer_done(mu_xfer *x, const mu_xfer_result *res, void *user)
+{
+    MU_UNUSED(x);
+    call_t *k = user;
+    mu_endpoint *e = k->ep;
+    uint64_t now = mu_now_us();
+    run_remove(k);
+    e->done_seq++;
+    learn_reuse(k, e, res, now);
+    /* The connection is free: the next queued attempt goes first. Queued
+     * attempts hold e->pending, so e outlives this. */
+    e->active--;
+    pump(e);
+    k->http_status = res->http_status;
+    mu_attempt_facts f = {
+        .curl_ok = res->code == CURLE_OK,
+        .timed_out = res->code == CURLE_OPERATION_TIMEDOUT,
+        .too_big = res->too_big,
+        .unsent = res->unsent,
+        .died_on_reuse = res->died_on_reuse,
+        .deadline_cut =
+            res->code == CURLE_OPERATION_TIMEDOUT && k->attempt_timeout_ms < k->timeout_ms,
+        .http_status = res->http_status,
+        .idempotent = k->idempotent,
+    };
+    if (f.curl_ok && !f.too_big)
+        f.decoded = mu_decode_response(&k->dec, res->body, res->len, res->http_status,
+                                       k->request_id, &k->reply);
+    mu_outcome o = mu_classify(&f);
+    note_health(k, e, o.signal);
+    if (o.status == MU_OK) {
+        terminate_result(k);
+        end_attempt(k);
+        finish(k, k->status, NULL);
+        return;
+    }
+    char why[300];
+    describe(k, e, res, o.status, why, sizeof why);
+    if (o.unsent) {
+        note_unsent(k, e, why);
+        end_attempt(k);
+        retry_unsent(k, why);
+        return;
+    }
+    k->sent++;
+    end_attempt(k);
+    fail_after_send(k, &o, why);
 }
 
 static void put_hex(char *p, uint64_t v, int digits)
@@ -543,19 +697,91 @@ static void format_request_id(char out[37], uint64_t hi, uint64_t seq)
     out[36] = '\0';
 }
 
-static void start_attempt(call_t *k)
+/* The pick for the next attempt; NULL (the call finished) if the group is empty. */
+static mu_endpoint *pick(call_t *k, uint64_t now)
 {
     mu_client *c = k->c;
     mu_group *g = k->t->g;
-    uint64_t now = mu_now_us();
     mu_endpoint *e = mu_pool_pick(g->pool, k->policy, k->tried, (size_t)k->ntried, now, &c->rng);
     if (!e) {
         if (g->is_static)
             finish(k, MU_ENOPROVIDER, "no static provider for %s", g->path);
         else
             finish(k, MU_ENOPROVIDER, "no provider registered under %s", g->path);
+    }
+    return e;
+}
+
+static void start_attempt_on(call_t *k, mu_endpoint *e, uint64_t now);
+
+static void start_attempt(call_t *k)
+{
+    uint64_t now = mu_now_us();
+    mu_endpoint *e = pick(k, now);
+    if (e)
+        start_attempt_on(k, e, now);
+}
+
+static int was_tried(const call_t *k, const mu_endpoint *e)
+{
+    for (int i = 0; i < k->ntried; i++)
+        if (k->tried[i] == e)
+            return 1;
+    return 0;
+}
+
+/* A call whose attempt never reached a provider (refused, or a kept
+ * connection reset unread) tries another at once. When none is usable
+ * (every one was tried this round or is ejected) it waits: jittered
+ * exponential backoff from connect_backoff_ms up to connect_backoff_max_ms,
+ * never past its deadline, then begins a new round. Providers register
+ * about 0.2 s before they listen (docs/protocol.md §6.1). Such attempts do
+ * not use up retries; the deadline bounds them. */
+static void retry_unsent(call_t *k, const char *why)
+{
+    mu_client *c = k->c;
+    uint64_t now = mu_now_us();
+    if (now + 1000 >= k->deadline_us) {
+        finish(k, MU_ECONNECT, "%s; deadline reached after %d attempt(s); providers tried: %s", why,
+               k->attempts, k->unsent_eps);
         return;
     }
+    mu_endpoint *e = pick(k, now);
+    if (!e)
+        return;
+    if (!was_tried(k, e) && e->down_until_us <= now) {
+        start_attempt_on(k, e, now);
+        return;
+    }
+    unsigned shift = k->nbackoff < 16 ? (unsigned)k->nbackoff : 16;
+    uint64_t ms = (uint64_t)c->s.backoff_ms << shift;
+    if (ms > (uint64_t)c->s.backoff_max_ms)
+        ms = (uint64_t)c->s.backoff_max_ms;
+    /* Half fixed, half random: calls that failed together spread out. */
+    uint64_t us = ms * 500u + mu_rand(&c->rng) % (ms * 500u + 1);
+    k->nbackoff++;
+    k->state = C_BACKOFF;
+    mu_log(&c->log, MU_LOG_DEBUG, "%s: %s; no usable provider, waiting %llu us", k->t->g->path, why,
+           (unsigned long long)us);
+    if (now + us >= k->deadline_us)
+        return; /* the deadline ends the call */
+    struct timeval tv = {(time_t)(us / 1000000u), (suseconds_t)(us % 1000000u)};
+    evtimer_add(k->backoff, &tv);
+}
+
+static void on_backoff(evutil_socket_t fd, short what, void *arg)
+{
+    MU_UNUSED(fd);
+    MU_UNUSED(what);
+    call_t *k = arg;
+    k->state = C_RUNNING;
+    k->ntried = 0; /* a new round: every provider may be tried again */
+    start_attempt(k);
+}
+
+static void start_attempt_on(call_t *k, mu_endpoint *e, uint64_t now)
+{
+    mu_client *c = k->c;
     if (now >= k->deadline_us) {
         finish(k, MU_ETIMEDOUT, "deadline passed before attempt %d", k->attempts + 1);
         return;
@@ -567,7 +793,7 @@ static void start_attempt(call_t *k)
         finish(k, MU_ENOMEM, "out of memory encoding the request");
         return;
     }
-    const struct curl_slist *hdrs = c->headers;
+    const struct curl_slist *hdrs = e->no_reuse ? c->headers_close : c->headers;
     if (c->s.json_headers) {
         char line[128], tok[MU_AUTH_TOKEN_LEN + 1];
         if (k->hdrs)
@@ -587,6 +813,8 @@ static void start_attempt(call_t *k)
         h = curl_slist_append(k->hdrs, line);
         mu_fmt(line, sizeof line, "micro-auth-token: %s", tok);
         h = h ? curl_slist_append(h, line) : NULL;
+        if (h && e->no_reuse)
+            h = curl_slist_append(h, "Connection: close");
         if (!h) {
             finish(k, MU_ENOMEM, "out of memory building headers");
             return;
@@ -596,7 +824,7 @@ static void start_attempt(call_t *k)
     mu_endpoint_pending_add(e, +1);
     e->calls++;
     k->ep = e;
-    if ((size_t)k->ntried < MU_ARRAY_LEN(k->tried))
+    if ((size_t)k->ntried < MU_ARRAY_LEN(k->tried) && !was_tried(k, e))
         k->tried[k->ntried++] = e;
     k->attempts++;
     c->stats.attempts++;
@@ -646,6 +874,14 @@ static void on_deadline(evutil_socket_t fd, short what, void *arg)
         memcpy(ep, k->endpoint, sizeof ep);
         finish(k, MU_ETIMEDOUT, "deadline of %d ms passed during attempt %d (to %s)", ms,
                k->attempts, ep);
+    } else if (k->state == C_BACKOFF) {
+        char why[sizeof k->unsent_why], eps[sizeof k->unsent_eps];
+        memcpy(why, k->unsent_why, sizeof why);
+        memcpy(eps, k->unsent_eps, sizeof eps);
+        finish(k, MU_ECONNECT,
+               "no provider of %s accepted the call within the %d ms deadline (%d attempt(s), "
+               "none sent); providers tried: %s; last: %s",
+               k->t->g->path, ms, k->attempts, eps, why);
     }
 }
 

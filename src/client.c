@@ -115,9 +115,16 @@ static mu_status apply_config(mu_client *c, const mu_config *cfg)
     s->retries = (int)mu_config_long(cfg, "retries");
     s->eject_ms = (int)mu_config_long(cfg, "eject_ms");
     s->max_per_host = (int)mu_config_long(cfg, "max_connections_per_host");
+    s->backoff_ms = (int)mu_config_long(cfg, "connect_backoff_ms");
+    s->backoff_max_ms = (int)mu_config_long(cfg, "connect_backoff_max_ms");
+    if (s->backoff_max_ms < s->backoff_ms)
+        s->backoff_max_ms = s->backoff_ms;
+    s->stall_ms = (int)mu_config_long(cfg, "keepalive_stall_ms");
     s->max_response = (size_t)mu_config_long(cfg, "max_response_bytes");
     s->policy = (mu_policy)mu_policy_parse(mu_config_str(cfg, "policy"));
     const char *proto = mu_config_str(cfg, "protocol");
+    /* 1.0.2 mounts /json/; 1.0.3 and every later variant mount /jsonp/. */
+    int legacy = strcmp(proto, "1.0.2") == 0;
     s->json_headers = strcmp(proto, "1.0.4") == 0 || strcmp(proto, "1.0.8") == 0;
     s->per_service = strcmp(mu_config_str(cfg, "layout"), "per-service") == 0;
     /* 1.0.8 registers per service unless the layout key says otherwise. */
@@ -125,7 +132,7 @@ static mu_status apply_config(mu_client *c, const mu_config *cfg)
         s->per_service = 1;
     const char *path = mu_config_str(cfg, "path");
     mu_fmt(s->url_path, sizeof s->url_path, "%s",
-           *path ? path : strcmp(proto, "1.0.3") == 0 ? "/jsonp/" : "/json/");
+           *path ? path : legacy ? "/json/" : "/jsonp/");
     mu_fmt(s->root, sizeof s->root, "%s", mu_config_str(cfg, "zk_root"));
     s->auth_token = strdup(mu_config_str(cfg, "auth_token"));
     if (!s->auth_token)
@@ -266,6 +273,13 @@ mu_status mu_client_new(struct event_base *base, const mu_config *cfg, mu_client
         if (!h)
             goto fail;
         c->headers = h;
+        h = curl_slist_append(NULL, "Content-Type: application/json-rpc");
+        h = h ? curl_slist_append(h, "Accept: application/json-rpc") : NULL;
+        h = h ? curl_slist_append(h, "Expect:") : NULL;
+        h = h ? curl_slist_append(h, "Connection: close") : NULL;
+        if (!h)
+            goto fail;
+        c->headers_close = h;
     }
     const char *zk = mu_config_str(cfg, "zk_hosts");
     if (*zk) {
@@ -313,6 +327,7 @@ void mu_client_destroy(mu_client *c)
     if (c->drain)
         event_free(c->drain);
     curl_slist_free_all(c->headers);
+    curl_slist_free_all(c->headers_close);
     mu_encoder_cleanup(&c->enc);
     free(c->s.auth_token);
     size_t i = 0;

@@ -40,6 +40,8 @@ typedef struct mu_watch {
 typedef struct mu_settings {
     int timeout_ms, connect_timeout_ms, deadline_ms, retries, eject_ms;
     int max_per_host; /* attempts handed to curl per endpoint; the rest queue in order */
+    int backoff_ms, backoff_max_ms; /* waits when no provider is usable (connect_backoff_*) */
+    int stall_ms;     /* keepalive_stall_ms */
     mu_policy policy;
     int per_service;
     int json_headers; /* 1.0.4+: JSON content type, request id and auth token headers */
@@ -64,6 +66,7 @@ struct mu_client {
     mu_registry *reg;    /* NULL without ZooKeeper */
     mu_transport *tp;
     struct curl_slist *headers; /* the fixed headers of 1.0.2 / 1.0.3 */
+    struct curl_slist *headers_close; /* the same plus "Connection: close" */
     mu_encoder enc;
     mu_yajl_cache ycache; /* yajl's blocks, shared by the args check and every decoder */
     const struct timeval *deadline_tv; /* libevent's common timeout for deadline_ms, or NULL */

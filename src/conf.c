@@ -29,8 +29,10 @@ static const key_spec keys[] = {
     {"layout", "per-method", K_ENUM, 0, 0, "per-method|per-service",
      "registry layout: per-method (microutil 1.0.2) or per-service (1.0.8)"},
     {"protocol", "1.0.2", K_ENUM, 0, 0, "1.0.2|1.0.3|1.0.4|1.0.8",
-     "wire variant: 1.0.3 posts to /jsonp/; 1.0.4+ sends JSON headers and the auth token"},
-    {"path", "", K_URLPATH, 0, 0, NULL, "HTTP path override (default from protocol: /json/ or /jsonp/)"},
+     "wire variant: 1.0.2 posts to /json/, 1.0.3 and later to /jsonp/; 1.0.4 (to 1.0.7) and "
+     "1.0.8 send JSON headers and the auth token; 1.0.8 registers per service"},
+    {"path", "", K_URLPATH, 0, 0, NULL,
+     "HTTP path override (default from protocol: /json/ for 1.0.2, /jsonp/ after)"},
     {"auth_token", "micromicro", K_STR, 0, 0, NULL,
      "shared secret for the 1.0.4+ micro-auth-token header (never logged)"},
     {"policy", "round-robin", K_ENUM, 0, 0, "round-robin|random|least-pending|p2c",
@@ -51,6 +53,14 @@ static const key_spec keys[] = {
      "largest response accepted (also caps the LZ4 declared size)"},
     {"eject_ms", "1000", K_INT, 0, 600000, NULL,
      "how long a provider that refused a connection is skipped (doubles, up to 30 s)"},
+    {"connect_backoff_ms", "5", K_INT, 1, 60000, NULL,
+     "first wait when no provider accepts a connection (it registered before listening); "
+     "doubles, jittered, within the deadline"},
+    {"connect_backoff_max_ms", "250", K_INT, 1, 600000, NULL, "cap on that wait"},
+    {"keepalive_stall_ms", "300", K_INT, 10, 3600000, NULL,
+     "an attempt on a new connection unanswered this long while later ones to the same "
+     "provider are answered marks a provider that serves one connection per worker: "
+     "connections to it are then used once"},
     {"log_level", "warn", K_ENUM, 0, 0, "error|warn|info|debug", "default log sink level"},
 };
 

@@ -24,6 +24,10 @@ typedef struct mu_endpoint {
     struct mu_member *members; /* balance.c: one node per pool that holds this endpoint */
     int active;          /* attempts handed to the transport (call.c) */
     struct mu_call_handle *queue_head, *queue_tail; /* attempts waiting for a connection (call.c) */
+    struct mu_call_handle *run_head, *run_tail;     /* attempts handed to curl, oldest first (call.c) */
+    uint64_t done_seq;   /* attempts ended on it (call.c) */
+    uint64_t reuse_ok;   /* answers that came over a reused connection (call.c) */
+    int no_reuse;        /* it does not keep connections usable: one per call (call.c) */
 } mu_endpoint;
 
 #endif

@@ -3,7 +3,11 @@
 #include "common.h"
 
 #include <assert.h>
+#include <errno.h>
 #include <event2/event.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -26,6 +30,7 @@ struct mu_transport {
     mu_sock *live;        /* sockets curl is watching */
     mu_sock *spare;       /* recycled mu_socks, events not pending */
     uint64_t conns_opened;
+    uint64_t resends_refused;
     size_t running;
     size_t nxfers;
 };
@@ -37,6 +42,12 @@ struct mu_xfer {
     int running;
     int too_big;
     int opened_socket;    /* this attempt created a socket */
+    int nsends;           /* requests curl began to send in this exchange */
+    int first_reused;     /* the first went over a kept connection */
+    int resend_refused;   /* curl wanted to send again; refused (see transport.h) */
+    int stale;            /* the kept connection was found closed before sending */
+    long resend_errno;    /* the OS error that ended the reused connection */
+    int reuse;            /* 1: keep-alive; 0: fresh connection, closed after */
     mu_xfer_done_fn done;
     void *user;
     mu_xfer_result res;
@@ -47,6 +58,7 @@ struct mu_xfer {
 
 static void on_socket(evutil_socket_t fd, short what, void *arg);
 static void drain_done(mu_transport *t);
+static void quickack(evutil_socket_t fd);
 
 static void sock_unlink(mu_transport *t, mu_sock *s)
 {
@@ -124,8 +136,12 @@ static int on_curl_socket(CURL *easy, curl_socket_t fd, int what, void *userp, v
         event_del(s->ev);
     }
     short kind = EV_PERSIST;
-    if (what & CURL_POLL_IN)
+    if (what & CURL_POLL_IN) {
+        /* curl may have read the headers already, in the same action that
+         * sent the request: ack them now, or the body waits (quickack). */
+        quickack(fd);
         kind |= EV_READ;
+    }
     if (what & CURL_POLL_OUT)
         kind |= EV_WRITE;
     if (event_assign(s->ev, t->base, fd, kind, on_socket, t) != 0 || event_add(s->ev, NULL) != 0)
@@ -133,12 +149,35 @@ static int on_curl_socket(CURL *easy, curl_socket_t fd, int what, void *userp, v
     return 0;
 }
 
+/* Python's http.server (Django's runserver) writes the headers and the body
+ * of a response with two send()s, Nagle on. On a keep-alive connection our
+ * kernel is in "pingpong" mode after each request we send, and delays its
+ * ACK of the headers segment by up to 40 ms, hoping to piggyback it on our
+ * next request; the server's Nagle holds the body back until that ACK: 40
+ * ms a call (docs/protocol.md §6.2). Setting TCP_QUICKACK leaves pingpong
+ * mode and, once the data is read, sends the pending ACK at once. It is set
+ * before every read event, and whenever curl starts waiting to read, since
+ * curl may have read the headers inside the action that sent the request,
+ * after which no read event comes until the body does. A setsockopt per
+ * event; a failure (not TCP, closed) is harmless. */
+static void quickack(evutil_socket_t fd)
+{
+#ifdef TCP_QUICKACK
+    int one = 1;
+    (void)setsockopt(fd, IPPROTO_TCP, TCP_QUICKACK, &one, sizeof one);
+#else
+    MU_UNUSED(fd);
+#endif
+}
+
 static void on_socket(evutil_socket_t fd, short what, void *arg)
 {
     mu_transport *t = arg;
     int action = 0, still;
-    if (what & EV_READ)
+    if (what & EV_READ) {
+        quickack(fd);
         action |= CURL_CSELECT_IN;
+    }
     if (what & EV_WRITE)
         action |= CURL_CSELECT_OUT;
     curl_multi_socket_action(t->multi, fd, action, &still);
@@ -202,7 +241,17 @@ static void fill_result(mu_xfer *x, CURLcode code)
     /* A reused connection has no connect time of its own, but curl records
      * the local port of whatever connection carried the transfer. */
     r->connected = connect > 0 || port > 0;
-    r->sent = up > 0;
+    r->sent = up > 0 || x->nsends > 0;
+    r->reused = x->first_reused;
+    /* curl ends a reused connection that died before any response byte by
+     * resending on a fresh one; we refuse that resend, or curl gives up by
+     * itself once its per-handle count of such resends is spent. */
+    r->died_on_reuse = x->stale || x->resend_refused ||
+                       (code == CURLE_SEND_ERROR && x->first_reused && status == 0);
+    long err = x->resend_refused ? x->resend_errno : 0;
+    if (!err)
+        curl_easy_getinfo(e, CURLINFO_OS_ERRNO, &err);
+    r->unsent = !r->sent || (r->died_on_reuse && (err == ECONNRESET || err == EPIPE));
     r->too_big = x->too_big;
     r->body = x->body.data ? x->body.data : "";
     r->len = x->body.len;
@@ -315,15 +364,73 @@ size_t mu_transport_running(const mu_transport *t)
 /* ------------------------------------------------------------ xfers */
 
 /* Notes that this attempt opened a socket, so that a cancel knows whether
- * CURLINFO_NUM_CONNECTS describes this attempt or is left from the last. */
+ * CURLINFO_NUM_CONNECTS describes this attempt or is left from the last.
+ * A socket opened after a request was sent is curl's resend: the OS error
+ * that ended the first connection is still recorded then, and the resend
+ * is refused (see transport.h). */
 static int on_sockopt(void *arg, curl_socket_t fd, curlsocktype purpose)
 {
     mu_xfer *x = arg;
     MU_UNUSED(fd);
-    if (purpose == CURLSOCKTYPE_IPCXN)
-        x->opened_socket = 1;
-    return CURL_SOCKOPT_OK;
+    if (purpose != CURLSOCKTYPE_IPCXN)
+        return CURL_SOCKOPT_OK;
+    x->opened_socket = 1;
+    if (x->nsends == 0)
+        return CURL_SOCKOPT_OK;
+    /* curl's resend after a reused connection died: refused before it
+     * connects (see on_prereq for a resend over another kept connection). */
+    curl_easy_getinfo(x->easy, CURLINFO_OS_ERRNO, &x->resend_errno);
+    x->resend_refused = 1;
+    x->t->resends_refused++;
+    return CURL_SOCKOPT_ERROR;
 }
+
+#if LIBCURL_VERSION_NUM >= 0x075000 /* 7.80.0: CURLOPT_PREREQFUNCTION */
+/* A kept HTTP/1.1 connection between exchanges has nothing to read. EOF
+ * (the server closed it while it sat in the cache: a provider stopping, an
+ * idle timeout, uwsgi closing after every response), an error, or stray
+ * bytes mean it must not carry a request. Checked right before sending, so
+ * a request goes out on a connection already closed only if the close
+ * crosses it in flight. */
+static int kept_connection_dead(mu_xfer *x)
+{
+    curl_socket_t fd = CURL_SOCKET_BAD;
+    if (curl_easy_getinfo(x->easy, CURLINFO_ACTIVESOCKET, &fd) != CURLE_OK ||
+        fd == CURL_SOCKET_BAD)
+        return 0;
+    char b;
+    ssize_t n = recv(fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
+    return n >= 0 || (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR);
+}
+
+/* Runs right before curl sends a request on a connection. The first is
+ * ours; a second in the same exchange is curl resending on its own after a
+ * reused connection died (see transport.h): refused, so that the call
+ * layer decides, knowing whether the call is idempotent. */
+static int on_prereq(void *arg, char *ip, char *local_ip, int port, int local_port)
+{
+    mu_xfer *x = arg;
+    MU_UNUSED(ip);
+    MU_UNUSED(local_ip);
+    MU_UNUSED(port);
+    MU_UNUSED(local_port);
+    if (x->nsends == 0) {
+        x->first_reused = !x->opened_socket;
+        if (x->first_reused && kept_connection_dead(x)) {
+            x->stale = 1;
+            return CURL_PREREQFUNC_ABORT; /* nothing sent: the call layer sends again */
+        }
+        x->nsends = 1;
+        return CURL_PREREQFUNC_OK;
+    }
+    if (!x->resend_refused) {
+        curl_easy_getinfo(x->easy, CURLINFO_OS_ERRNO, &x->resend_errno);
+        x->resend_refused = 1;
+        x->t->resends_refused++;
+    }
+    return CURL_PREREQFUNC_ABORT;
+}
+#endif
 
 static size_t on_write(char *p, size_t size, size_t nmemb, void *arg)
 {
@@ -376,6 +483,10 @@ mu_xfer *mu_xfer_new(mu_transport *t)
     if (!rc) rc = curl_easy_setopt(e, CURLOPT_WRITEDATA, (void *)x);
     if (!rc) rc = curl_easy_setopt(e, CURLOPT_SOCKOPTFUNCTION, on_sockopt);
     if (!rc) rc = curl_easy_setopt(e, CURLOPT_SOCKOPTDATA, (void *)x);
+#if LIBCURL_VERSION_NUM >= 0x075000
+    if (!rc) rc = curl_easy_setopt(e, CURLOPT_PREREQFUNCTION, on_prereq);
+    if (!rc) rc = curl_easy_setopt(e, CURLOPT_PREREQDATA, (void *)x);
+#endif
     if (!rc && t->opts.connect_timeout_ms > 0)
         rc = curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, t->opts.connect_timeout_ms);
     if (rc != CURLE_OK) {
@@ -385,6 +496,7 @@ mu_xfer *mu_xfer_new(mu_transport *t)
     }
     x->res.body = "";
     x->res.error = "";
+    x->reuse = 1;
     t->nxfers++;
     return x;
 }
@@ -412,6 +524,11 @@ int mu_xfer_start(mu_xfer *x, const char *url, const char *body, size_t len,
     mu_buf_reset(&x->body);
     x->too_big = 0;
     x->opened_socket = 0;
+    x->nsends = 0;
+    x->first_reused = 0;
+    x->resend_refused = 0;
+    x->stale = 0;
+    x->resend_errno = 0;
     x->errbuf[0] = '\0';
     memset(&x->res, 0, sizeof x->res);
     x->res.body = "";
@@ -468,4 +585,28 @@ void mu_xfer_trim(mu_xfer *x, size_t keep)
 int mu_xfer_running(const mu_xfer *x)
 {
     return x ? x->running : 0;
+}
+
+void mu_xfer_set_reuse(mu_xfer *x, int reuse)
+{
+    reuse = reuse != 0;
+    if (!x || x->reuse == reuse)
+        return;
+    /* A kept connection may still carry one more exchange; it is closed
+     * after it. Not FRESH_CONNECT: kept connections that nothing uses would
+     * stay open, and a server with one worker per connection would keep a
+     * worker on each while our new connections wait for one. Only steers
+     * curl's connection choice: cannot fail on a valid handle. */
+    curl_easy_setopt(x->easy, CURLOPT_FORBID_REUSE, reuse ? 0L : 1L);
+    x->reuse = reuse;
+}
+
+int mu_xfer_fresh_connection(const mu_xfer *x)
+{
+    return x && x->running && x->nsends > 0 && !x->first_reused;
+}
+
+uint64_t mu_transport_resends_refused(const mu_transport *t)
+{
+    return t ? t->resends_refused : 0;
 }

@@ -31,11 +31,33 @@ typedef struct mu_xfer_result {
     int connected;          /* a TCP connection was established (or reused) */
     int sent;               /* request bytes reached the socket (CURLINFO_SIZE_UPLOAD_T > 0) */
     int too_big;            /* aborted: body exceeded max_response */
+    int reused;             /* the request went over a connection kept from an earlier exchange */
+    int unsent;             /* provably never reached the provider's application: see below */
+    int died_on_reuse;      /* a reused connection ended before any response byte (reset or EOF) */
     const char *body;       /* response body (NUL-terminated), len bytes */
     size_t len;
     const char *error;      /* curl's error text, "" if none */
     uint64_t total_us;      /* CURLINFO_TOTAL_TIME_T */
 } mu_xfer_result;
+
+/* `unsent` is set when the exchange failed but the request provably never
+ * reached the provider's application, so that even a non-idempotent call
+ * may be sent again:
+ *   - no request byte was written (connect refused or timed out, or a kept
+ *     connection found closed by the server right before sending);
+ *   - a reused connection was reset (ECONNRESET/EPIPE) before any response
+ *     byte. Linux answers with RST instead of FIN only when a socket is
+ *     closed with unread data in its receive buffer, or receives data after
+ *     it was closed. A server that closes an idle keep-alive connection
+ *     (uwsgi --http-socket closes after every response without saying so)
+ *     therefore resets our request unread. A server that read the request
+ *     and then died closes with an empty receive buffer: FIN, seen as EOF,
+ *     which stays ambiguous (died_on_reuse without unsent).
+ * libcurl would resend on a fresh connection by itself in both cases
+ * (Curl_retry_request), EOF included, and keeps its count of such resends
+ * across transfers on a reused easy handle. The transport stops that resend
+ * (CURLOPT_PREREQFUNCTION refuses a second request in one exchange) so that
+ * the call layer alone decides whether to send again. */
 
 /* Called once per started exchange, from inside the transport's event
  * handling (never from within mu_xfer_start). It may start this or another
@@ -60,12 +82,23 @@ int mu_xfer_start(mu_xfer *x, const char *url, const char *body, size_t len,
 /* Stops a running exchange; the done callback will not fire. No-op if idle. */
 void mu_xfer_cancel(mu_xfer *x);
 int mu_xfer_running(const mu_xfer *x);
+/* Whether the next exchanges of x leave their connection open for reuse
+ * (1, the default) or close it when done (0): one exchange per connection.
+ * With 0 an exchange may still take a kept connection, once.
+ * The caller adds "Connection: close" to its headers in the latter case. */
+void mu_xfer_set_reuse(mu_xfer *x, int reuse);
+/* 1 while x's running exchange has sent its request over a connection it
+ * opened itself (not a kept one). */
+int mu_xfer_fresh_connection(const mu_xfer *x);
 /* Frees the idle xfer's response buffer if it grew past keep bytes, so that
  * one huge response does not stay resident in a reused xfer. */
 void mu_xfer_trim(mu_xfer *x, size_t keep);
 
 /* Connections opened so far (sum of CURLINFO_NUM_CONNECTS), for tests and benches. */
 uint64_t mu_transport_connections_opened(const mu_transport *t);
+/* Exchanges whose second send on a fresh connection libcurl wanted and the
+ * transport refused (see unsent above), for tests. */
+uint64_t mu_transport_resends_refused(const mu_transport *t);
 /* Exchanges currently running. */
 size_t mu_transport_running(const mu_transport *t);
 

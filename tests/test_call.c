@@ -591,7 +591,7 @@ static void test_response_size_cap(void **state)
 static void test_protocol_variants(void **state)
 {
     (void)state;
-    tb_provider *a = start("auth", "--auth s3cret", NULL);
+    tb_provider *a = start("auth", "--auth s3cret", "--path=/jsonp/");
     tb_provider *j = start("jp", "--path /jsonp/", NULL);
     assert_non_null(a);
     assert_non_null(j);
