@@ -5,8 +5,10 @@
  * Only the code between "start a call" and "a call ended" differs.
  *
  * Modes (one per run, chosen by options):
- *   throughput: --inflight C --calls N [--warmup W]
- *       W unmeasured calls, then N measured ones with C in flight.
+ *   throughput: --inflight C --calls N [--warmup W] [--duration-ms D]
+ *       W unmeasured calls, then N measured ones with C in flight. With
+ *       --duration-ms no call starts D ms after the measured ones began
+ *       (those in flight end and count): calls= is then how many ended.
  *       Prints: RESULT inflight=C calls=N wall_s=.. cps=.. cpu_us=.. user_us=..
  *               sleeps=.. p50_us=.. p99_us=.. max_us=.. failed=.. conns=..
  *       (cpu: getrusage user+sys per measured call; sleeps: voluntary context
@@ -22,7 +24,11 @@
  *       Prints: RSS calls=.. rss_kb=.. conns=..   (one line per sample)
  *
  * Every mode exits 1 if a call failed. --timeout-ms sets the per-call
- * timeout (default 10000, the SDK's). Test code for benchmarks only.
+ * timeout (default 10000, the SDK's). --hosts H:P,...: raw's providers; the
+ * SDK's static providers of the target's service (static.SERVICE, no
+ * ZooKeeper). --fresh (raw only): a new connection per call, closed after
+ * it (Connection: close), as microutil's own Python client does.
+ * Test code for benchmarks only.
  */
 #ifndef MU_BENCH_H
 #define MU_BENCH_H
@@ -43,7 +49,7 @@
 typedef struct bench_opts {
     const char *zk;       /* sdk: ZooKeeper connect string */
     const char *target;   /* sdk: "micro:echo" */
-    const char *hosts;    /* raw: "127.0.0.1:P1,127.0.0.1:P2,..." */
+    const char *hosts;    /* raw, or sdk without --zk: "127.0.0.1:P1,127.0.0.1:P2,..." */
     const char *policy;   /* sdk: balancing policy */
     long inflight;
     long calls;
@@ -51,10 +57,12 @@ typedef struct bench_opts {
     long mem_inflight;
     long series;
     long every;
+    long duration_ms;     /* 0, or stop starting measured calls after this long */
     long timeout_ms;      /* per call (raw: CURLOPT_TIMEOUT_MS; sdk: timeout_ms and deadline_ms) */
     int conns_per_host;   /* CURLMOPT_MAX_HOST_CONNECTIONS (SDK default 32) */
     int host_queue;       /* raw only: queue beyond conns_per_host ourselves, FIFO */
     int max_conns;        /* CURLMOPT_MAXCONNECTS (SDK default 1024) */
+    int fresh;            /* raw only: new connection per call, Connection: close */
 } bench_opts;
 
 static inline uint64_t bench_now_ns(void)
@@ -94,10 +102,10 @@ static inline long bench_rss_kb(void)
 static inline void bench_usage(const char *prog)
 {
     fprintf(stderr,
-            "usage: %s [--zk HOST:PORT --target SVC:METHOD | --hosts H:P,H:P,...]\n"
-            "       [--inflight C] [--calls N] [--warmup W] [--policy NAME]\n"
+            "usage: %s [--zk HOST:PORT | --hosts H:P,H:P,...] [--target SVC:METHOD]\n"
+            "       [--inflight C] [--calls N] [--warmup W] [--duration-ms D] [--policy NAME]\n"
             "       [--mem-inflight K] [--series TOTAL --every M] [--timeout-ms T]\n"
-            "       [--host-queue (raw only)]\n",
+            "       [--host-queue | --fresh (raw only)]\n",
             prog);
     exit(2);
 }
@@ -115,7 +123,7 @@ static inline long bench_num(const char *s, const char *prog)
 static inline void bench_parse(int argc, char **argv, bench_opts *o)
 {
     enum { O_ZK = 256, O_TARGET, O_HOSTS, O_POLICY, O_INFLIGHT, O_CALLS, O_WARMUP, O_MEM,
-           O_SERIES, O_EVERY, O_TIMEOUT, O_QUEUE };
+           O_SERIES, O_EVERY, O_TIMEOUT, O_QUEUE, O_DURATION, O_FRESH };
     static const struct option lo[] = {
         {"zk", required_argument, NULL, O_ZK},
         {"target", required_argument, NULL, O_TARGET},
@@ -129,6 +137,8 @@ static inline void bench_parse(int argc, char **argv, bench_opts *o)
         {"every", required_argument, NULL, O_EVERY},
         {"timeout-ms", required_argument, NULL, O_TIMEOUT},
         {"host-queue", no_argument, NULL, O_QUEUE},
+        {"duration-ms", required_argument, NULL, O_DURATION},
+        {"fresh", no_argument, NULL, O_FRESH},
         {NULL, 0, NULL, 0},
     };
     memset(o, 0, sizeof *o);
@@ -156,6 +166,8 @@ static inline void bench_parse(int argc, char **argv, bench_opts *o)
         case O_EVERY: o->every = bench_num(optarg, argv[0]); break;
         case O_TIMEOUT: o->timeout_ms = bench_num(optarg, argv[0]); break;
         case O_QUEUE: o->host_queue = 1; break;
+        case O_DURATION: o->duration_ms = bench_num(optarg, argv[0]); break;
+        case O_FRESH: o->fresh = 1; break;
         default: bench_usage(argv[0]);
         }
     }
@@ -175,6 +187,7 @@ typedef struct bench_phase {
     long total, started, ended, failed, window, inflight;
     uint32_t *lat_us;     /* per measured call, NULL when not kept */
     uint64_t *slot_t0;    /* start time of the call in each slot */
+    uint64_t stop_ns;     /* 0, or start no call from this time on */
     long sample_every;    /* 0: no RSS samples */
     long peak_rss_kb;
     uint64_t max_lat_us;
@@ -224,7 +237,8 @@ static inline void bench_start_slot(bench_phase *p, long slot)
 static inline void bench_ended(long slot, int ok)
 {
     bench_phase *p = bench_cur;
-    uint64_t lat = (bench_now_ns() - p->slot_t0[slot]) / 1000u;
+    uint64_t now = bench_now_ns();
+    uint64_t lat = (now - p->slot_t0[slot]) / 1000u;
     if (p->lat_us)
         p->lat_us[p->ended] = (uint32_t)lat;
     if (lat > p->max_lat_us)
@@ -242,15 +256,16 @@ static inline void bench_ended(long slot, int ok)
             fflush(stdout);
         }
     }
-    if (p->started < p->total)
+    if (p->started < p->total && (!p->stop_ns || now < p->stop_ns))
         bench_start_slot(p, slot);
-    else if (p->ended == p->total) {
+    else if (p->ended == p->started) {
         p->done = 1;
         event_base_loopbreak(bench_base);
     }
 }
 
-/* Keeps window calls in flight until total have ended. */
+/* Keeps window calls in flight until total have ended (or, with
+ * p->stop_ns set, until the time is up and those in flight have ended). */
 static inline void bench_run(bench_phase *p, long window, long total, int keep_latency)
 {
     p->total = total;
@@ -309,17 +324,19 @@ static inline int bench_main(const bench_opts *o)
     unsigned long long conns0 = bench_connections();
     uint64_t user0, user1, waits0, waits1;
     uint64_t cpu0 = bench_cpu_us(&user0, &waits0), t0 = bench_now_ns();
+    p.stop_ns = o->duration_ms ? t0 + (uint64_t)o->duration_ms * 1000000u : 0;
     bench_run(&p, o->inflight, o->calls, 1);
     uint64_t t1 = bench_now_ns(), cpu1 = bench_cpu_us(&user1, &waits1);
     double wall = (double)(t1 - t0) / 1e9;
-    qsort(p.lat_us, (size_t)o->calls, sizeof *p.lat_us, bench_u32cmp);
+    long n = p.ended; /* o->calls, or fewer when --duration-ms cut the run short */
+    qsort(p.lat_us, (size_t)n, sizeof *p.lat_us, bench_u32cmp);
     printf("RESULT inflight=%ld calls=%ld wall_s=%.3f cps=%.0f cpu_us=%.2f user_us=%.2f "
            "sleeps=%.3f p50_us=%u p99_us=%u max_us=%llu failed=%ld conns=%llu\n",
-           o->inflight, o->calls, wall, (double)o->calls / wall,
-           (double)(cpu1 - cpu0) / (double)o->calls, (double)(user1 - user0) / (double)o->calls,
-           (double)(waits1 - waits0) / (double)o->calls,
-           bench_pct(p.lat_us, o->calls, 0.50),
-           bench_pct(p.lat_us, o->calls, 0.99), (unsigned long long)p.max_lat_us, p.failed,
+           o->inflight, n, wall, (double)n / wall,
+           (double)(cpu1 - cpu0) / (double)n, (double)(user1 - user0) / (double)n,
+           (double)(waits1 - waits0) / (double)n,
+           bench_pct(p.lat_us, n, 0.50),
+           bench_pct(p.lat_us, n, 0.99), (unsigned long long)p.max_lat_us, p.failed,
            bench_connections() - conns0);
     free(p.lat_us);
     return p.failed ? 1 : 0;

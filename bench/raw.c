@@ -17,6 +17,11 @@
  * transfers per host and keep the rest in our own FIFO per host, instead of
  * letting curl park them as "pending" (CURLMOPT_MAX_HOST_CONNECTIONS).
  *
+ * --fresh: a new connection for every call, closed once it is answered
+ * (CURLOPT_FRESH_CONNECT, CURLOPT_FORBID_REUSE and "Connection: close"), as
+ * microutil's own Python client does: the baseline for providers that stall
+ * keep-alive clients (Django's runserver, mu-provider --split-writes).
+ *
  * See bench.h for the modes and the lines printed.
  */
 #include <curl/curl.h>
@@ -53,6 +58,7 @@ static struct {
     uint64_t id_hi, id_seq;
     long timeout_ms;
     int host_queue;
+    int fresh;                        /* --fresh */
     struct event *deliver;            /* ends the calls curl finished, after its callbacks */
     slot *done_head, *done_tail;
     long per_host;
@@ -238,6 +244,8 @@ static CURL *easy_new(slot *s)
     if (!rc) rc = curl_easy_setopt(e, CURLOPT_WRITEDATA, (void *)s);
     if (!rc) rc = curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, 1000L);
     if (!rc) rc = curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, g.timeout_ms);
+    if (!rc && g.fresh) rc = curl_easy_setopt(e, CURLOPT_FRESH_CONNECT, 1L);
+    if (!rc && g.fresh) rc = curl_easy_setopt(e, CURLOPT_FORBID_REUSE, 1L);
     if (rc != CURLE_OK) {
         curl_easy_cleanup(e);
         return NULL;
@@ -328,6 +336,9 @@ int main(int argc, char **argv)
     g.id_hi = 0x5eed5eed12345678ull ^ (uint64_t)bench_now_ns();
     g.timeout_ms = o.timeout_ms;
     g.host_queue = o.host_queue;
+    g.fresh = o.fresh;
+    if (g.fresh && g.host_queue)
+        bench_usage(argv[0]);
     g.per_host = o.conns_per_host;
 
     curl_global_init(CURL_GLOBAL_DEFAULT);
@@ -338,6 +349,8 @@ int main(int argc, char **argv)
     g.headers = curl_slist_append(NULL, "Content-Type: application/json-rpc");
     g.headers = curl_slist_append(g.headers, "Accept: application/json-rpc");
     g.headers = curl_slist_append(g.headers, "Expect:");
+    if (g.fresh)
+        g.headers = curl_slist_append(g.headers, "Connection: close");
     if (!bench_base || !g.multi || !g.timer || !g.deliver || !g.headers)
         bench_fail("setup failed");
     curl_multi_setopt(g.multi, CURLMOPT_SOCKETFUNCTION, on_curl_socket);

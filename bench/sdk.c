@@ -5,7 +5,10 @@
  * connections per provider, 1024 in all).
  *
  *   sdk --zk 127.0.0.1:2181 --target micro:echo --inflight 64 --calls 20000
+ *   sdk --hosts 127.0.0.1:P1,127.0.0.1:P2 --target micro:echo ...
  *
+ * --hosts instead of --zk: the providers of the target's service are static
+ * (static.SERVICE = --hosts, zk_hosts empty: no ZooKeeper at all).
  * Waits for the target's providers to load before anything is measured.
  * See bench.h for the modes and the lines printed.
  */
@@ -76,7 +79,11 @@ int main(int argc, char **argv)
 {
     bench_opts o;
     bench_parse(argc, argv, &o);
-    if (!o.zk)
+    if (!o.zk == !o.hosts || o.fresh || o.host_queue) /* --zk or --hosts; no raw-only option */
+        bench_usage(argv[0]);
+    char skey[128]; /* static.SERVICE, SERVICE the target's part before ':' */
+    int sl = (int)strcspn(o.target, ":");
+    if (snprintf(skey, sizeof skey, "static.%.*s", sl, o.target) >= (int)sizeof skey)
         bench_usage(argv[0]);
     g.target = o.target;
     bench_base = event_base_new();
@@ -85,7 +92,8 @@ int main(int argc, char **argv)
         bench_fail("setup failed");
     char ms[32];
     snprintf(ms, sizeof ms, "%ld", o.timeout_ms);
-    if (mu_config_set(cfg, "zk_hosts", o.zk) != MU_OK ||
+    if (mu_config_set(cfg, "zk_hosts", o.zk ? o.zk : "") != MU_OK ||
+        (o.hosts && mu_config_set(cfg, skey, o.hosts) != MU_OK) ||
         mu_config_set(cfg, "policy", o.policy) != MU_OK ||
         mu_config_set(cfg, "timeout_ms", ms) != MU_OK ||
         (o.timeout_ms > 30000 && mu_config_set(cfg, "deadline_ms", ms) != MU_OK)) {
