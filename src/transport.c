@@ -8,6 +8,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <sys/socket.h>
+#include <unistd.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -22,6 +23,16 @@ typedef struct mu_sock {
     struct mu_sock *prev, *next; /* live list, or free list (next only) */
 } mu_sock;
 
+/* A connection curl opened, by its fd: which URL it was opened for and
+ * whether an exchange is using it, so that the idle ones to a provider can
+ * be closed (mu_transport_close_idle). */
+typedef struct conn_rec {
+    char url[160]; /* "" = no connection of ours on this fd */
+    int busy;
+    int local_port; /* once known (on_prereq) */
+    unsigned gen;   /* moves on with every connection on this fd */
+} conn_rec;
+
 struct mu_transport {
     struct event_base *base;
     CURLM *multi;
@@ -29,6 +40,9 @@ struct mu_transport {
     mu_transport_opts opts;
     mu_sock *live;        /* sockets curl is watching */
     mu_sock *spare;       /* recycled mu_socks, events not pending */
+    conn_rec *conns;      /* indexed by fd */
+    size_t nconns;
+    int *fd_by_port;      /* local port -> fd + 1 (0: none); made on first use */
     uint64_t conns_opened;
     uint64_t resends_refused;
     size_t running;
@@ -48,6 +62,10 @@ struct mu_xfer {
     int stale;            /* the kept connection was found closed before sending */
     long resend_errno;    /* the OS error that ended the reused connection */
     int reuse;            /* 1: keep-alive; 0: fresh connection, closed after */
+    const char *url;      /* of the running exchange (borrowed) */
+    curl_socket_t conn_fd; /* the connection it sends on, or CURL_SOCKET_BAD */
+    curl_socket_t new_fd;  /* the socket this exchange opened, if it did */
+    unsigned conn_gen;
     mu_xfer_done_fn done;
     void *user;
     mu_xfer_result res;
@@ -59,6 +77,7 @@ struct mu_xfer {
 static void on_socket(evutil_socket_t fd, short what, void *arg);
 static void drain_done(mu_transport *t);
 static void quickack(evutil_socket_t fd);
+static void conn_release(mu_xfer *x);
 
 static void sock_unlink(mu_transport *t, mu_sock *s)
 {
@@ -243,6 +262,7 @@ static void fill_result(mu_xfer *x, CURLcode code)
     r->connected = connect > 0 || port > 0;
     r->sent = up > 0 || x->nsends > 0;
     r->reused = x->first_reused;
+    r->kept = x->reuse;
     /* curl ends a reused connection that died before any response byte by
      * resending on a fresh one; we refuse that resend, or curl gives up by
      * itself once its per-handle count of such resends is spent. */
@@ -282,6 +302,7 @@ static void drain_done(mu_transport *t)
             continue;
         fill_result(x, code);
         count_connects(x);
+        conn_release(x);
         curl_multi_remove_handle(t->multi, e);
         x->running = 0;
         t->running--;
@@ -347,6 +368,8 @@ void mu_transport_free(mu_transport *t)
     curl_multi_cleanup(t->multi);
     sock_list_free(t->live);
     sock_list_free(t->spare);
+    free(t->conns);
+    free(t->fd_by_port);
     event_free(t->timer);
     free(t);
 }
@@ -363,6 +386,67 @@ size_t mu_transport_running(const mu_transport *t)
 
 /* ------------------------------------------------------------ xfers */
 
+/* ------------------------------------------------------------ connections */
+
+static conn_rec *conn_at(mu_transport *t, curl_socket_t fd, int grow)
+{
+    if (fd < 0)
+        return NULL;
+    size_t i = (size_t)fd;
+    if (i >= t->nconns) {
+        if (!grow)
+            return NULL;
+        size_t n = t->nconns ? t->nconns : 64;
+        while (n <= i)
+            n *= 2;
+        conn_rec *c = realloc(t->conns, n * sizeof *c);
+        if (!c)
+            return NULL;
+        memset(c + t->nconns, 0, (n - t->nconns) * sizeof *c);
+        t->conns = c;
+        t->nconns = n;
+    }
+    return &t->conns[i];
+}
+
+/* The exchange of x is done with its connection (which curl may keep). */
+static void conn_release(mu_xfer *x)
+{
+    conn_rec *c = conn_at(x->t, x->conn_fd, 0);
+    if (c && c->gen == x->conn_gen)
+        c->busy = 0;
+    x->conn_fd = CURL_SOCKET_BAD;
+}
+
+static int on_closesocket(void *arg, curl_socket_t fd)
+{
+    mu_transport *t = arg;
+    conn_rec *c = conn_at(t, fd, 0);
+    if (c) {
+        if (t->fd_by_port && c->local_port > 0 && t->fd_by_port[c->local_port] == fd + 1)
+            t->fd_by_port[c->local_port] = 0;
+        c->url[0] = '\0';
+        c->busy = 0;
+        c->local_port = 0;
+    }
+    return close(fd);
+}
+
+int mu_transport_close_idle(mu_transport *t, const char *url)
+{
+    int n = 0;
+    for (size_t i = 0; t && i < t->nconns; i++) {
+        conn_rec *c = &t->conns[i];
+        if (c->url[0] && !c->busy && strcmp(c->url, url) == 0) {
+            /* curl still owns the fd: it finds the connection dead before
+             * its next use (kept_connection_dead) and closes it. */
+            shutdown((int)i, SHUT_RDWR);
+            n++;
+        }
+    }
+    return n;
+}
+
 /* Notes that this attempt opened a socket, so that a cancel knows whether
  * CURLINFO_NUM_CONNECTS describes this attempt or is left from the last.
  * A socket opened after a request was sent is curl's resend: the OS error
@@ -371,12 +455,20 @@ size_t mu_transport_running(const mu_transport *t)
 static int on_sockopt(void *arg, curl_socket_t fd, curlsocktype purpose)
 {
     mu_xfer *x = arg;
-    MU_UNUSED(fd);
     if (purpose != CURLSOCKTYPE_IPCXN)
         return CURL_SOCKOPT_OK;
     x->opened_socket = 1;
-    if (x->nsends == 0)
+    if (x->nsends == 0) {
+        conn_rec *c = conn_at(x->t, fd, 1);
+        x->new_fd = fd;
+        if (c) {
+            c->local_port = 0;
+            mu_fmt(c->url, sizeof c->url, "%s", x->url);
+            c->busy = 0; /* in use once the request goes out (on_prereq) */
+            c->gen++;
+        }
         return CURL_SOCKOPT_OK;
+    }
     /* curl's resend after a reused connection died: refused before it
      * connects (see on_prereq for a resend over another kept connection). */
     curl_easy_getinfo(x->easy, CURLINFO_OS_ERRNO, &x->resend_errno);
@@ -386,21 +478,55 @@ static int on_sockopt(void *arg, curl_socket_t fd, curlsocktype purpose)
 }
 
 #if LIBCURL_VERSION_NUM >= 0x075000 /* 7.80.0: CURLOPT_PREREQFUNCTION */
+/* The fd of the connection the request of x goes out on. curl names it only
+ * by its local port here (CURLINFO_ACTIVESOCKET is the handle's previous
+ * connection, not this one), so connections are found by local port. */
+static curl_socket_t conn_of(mu_xfer *x, int local_port)
+{
+    mu_transport *t = x->t;
+    if (local_port <= 0 || local_port > 65535)
+        return CURL_SOCKET_BAD;
+    if (!t->fd_by_port && !(t->fd_by_port = calloc(65536, sizeof *t->fd_by_port)))
+        return CURL_SOCKET_BAD;
+    if (x->opened_socket) { /* a new connection: this exchange opened x->new_fd */
+        conn_rec *c = conn_at(t, x->new_fd, 0);
+        if (!c || !c->url[0])
+            return CURL_SOCKET_BAD;
+        c->local_port = local_port;
+        t->fd_by_port[local_port] = x->new_fd + 1;
+        return x->new_fd;
+    }
+    curl_socket_t fd = t->fd_by_port[local_port] - 1;
+    conn_rec *c = conn_at(t, fd, 0);
+    if (!c || c->local_port != local_port || strcmp(c->url, x->url) != 0)
+        return CURL_SOCKET_BAD;
+    return fd;
+}
+
 /* A kept HTTP/1.1 connection between exchanges has nothing to read. EOF
  * (the server closed it while it sat in the cache: a provider stopping, an
  * idle timeout, uwsgi closing after every response), an error, or stray
  * bytes mean it must not carry a request. Checked right before sending, so
  * a request goes out on a connection already closed only if the close
  * crosses it in flight. */
-static int kept_connection_dead(mu_xfer *x)
+static int kept_connection_dead(curl_socket_t fd)
 {
-    curl_socket_t fd = CURL_SOCKET_BAD;
-    if (curl_easy_getinfo(x->easy, CURLINFO_ACTIVESOCKET, &fd) != CURLE_OK ||
-        fd == CURL_SOCKET_BAD)
+    if (fd == CURL_SOCKET_BAD)
         return 0;
     char b;
     ssize_t n = recv(fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
     return n >= 0 || (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR);
+}
+
+/* The request of x goes out on fd now. */
+static void conn_claim(mu_xfer *x, curl_socket_t fd)
+{
+    conn_rec *c = conn_at(x->t, fd, 0);
+    if (!c || !c->url[0])
+        return;
+    c->busy = 1;
+    x->conn_fd = fd;
+    x->conn_gen = c->gen;
 }
 
 /* Runs right before curl sends a request on a connection. The first is
@@ -413,14 +539,15 @@ static int on_prereq(void *arg, char *ip, char *local_ip, int port, int local_po
     MU_UNUSED(ip);
     MU_UNUSED(local_ip);
     MU_UNUSED(port);
-    MU_UNUSED(local_port);
     if (x->nsends == 0) {
+        curl_socket_t fd = conn_of(x, local_port);
         x->first_reused = !x->opened_socket;
-        if (x->first_reused && kept_connection_dead(x)) {
+        if (x->first_reused && kept_connection_dead(fd)) {
             x->stale = 1;
             return CURL_PREREQFUNC_ABORT; /* nothing sent: the call layer sends again */
         }
         x->nsends = 1;
+        conn_claim(x, fd);
         return CURL_PREREQFUNC_OK;
     }
     if (!x->resend_refused) {
@@ -483,6 +610,8 @@ mu_xfer *mu_xfer_new(mu_transport *t)
     if (!rc) rc = curl_easy_setopt(e, CURLOPT_WRITEDATA, (void *)x);
     if (!rc) rc = curl_easy_setopt(e, CURLOPT_SOCKOPTFUNCTION, on_sockopt);
     if (!rc) rc = curl_easy_setopt(e, CURLOPT_SOCKOPTDATA, (void *)x);
+    if (!rc) rc = curl_easy_setopt(e, CURLOPT_CLOSESOCKETFUNCTION, on_closesocket);
+    if (!rc) rc = curl_easy_setopt(e, CURLOPT_CLOSESOCKETDATA, (void *)t);
 #if LIBCURL_VERSION_NUM >= 0x075000
     if (!rc) rc = curl_easy_setopt(e, CURLOPT_PREREQFUNCTION, on_prereq);
     if (!rc) rc = curl_easy_setopt(e, CURLOPT_PREREQDATA, (void *)x);
@@ -497,6 +626,7 @@ mu_xfer *mu_xfer_new(mu_transport *t)
     x->res.body = "";
     x->res.error = "";
     x->reuse = 1;
+    x->conn_fd = CURL_SOCKET_BAD;
     t->nxfers++;
     return x;
 }
@@ -546,6 +676,7 @@ int mu_xfer_start(mu_xfer *x, const char *url, const char *body, size_t len,
 
     x->done = done;
     x->user = user;
+    x->url = url;
     x->running = 1;
     x->t->running++;
     /* Arms the timer (0 ms); the transfer begins from the event loop, so no
@@ -568,8 +699,10 @@ void mu_xfer_cancel(mu_xfer *x)
      * attempt's info; it cannot have established anything itself. */
     if (x->opened_socket)
         count_connects(x);
-    /* Removing the handle also drops a DONE message still queued for it. */
+    /* Removing the handle also drops a DONE message still queued for it;
+     * curl closes a connection left in the middle of an exchange. */
     curl_multi_remove_handle(x->t->multi, x->easy);
+    conn_release(x);
     x->running = 0;
     x->t->running--;
     x->done = NULL;

@@ -34,6 +34,7 @@ typedef struct mu_xfer_result {
     int reused;             /* the request went over a connection kept from an earlier exchange */
     int unsent;             /* provably never reached the provider's application: see below */
     int died_on_reuse;      /* a reused connection ended before any response byte (reset or EOF) */
+    int kept;               /* the exchange left its connection open for reuse, if it could */
     const char *body;       /* response body (NUL-terminated), len bytes */
     size_t len;
     const char *error;      /* curl's error text, "" if none */
@@ -93,6 +94,11 @@ int mu_xfer_fresh_connection(const mu_xfer *x);
 /* Frees the idle xfer's response buffer if it grew past keep bytes, so that
  * one huge response does not stay resident in a reused xfer. */
 void mu_xfer_trim(mu_xfer *x, size_t keep);
+
+/* Shuts down the kept connections to url that no exchange is using, so that
+ * a server with one worker per connection gets those workers back. Returns
+ * how many. */
+int mu_transport_close_idle(mu_transport *t, const char *url);
 
 /* Connections opened so far (sum of CURLINFO_NUM_CONNECTS), for tests and benches. */
 uint64_t mu_transport_connections_opened(const mu_transport *t);
