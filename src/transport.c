@@ -13,7 +13,7 @@
 #include <string.h>
 
 /* curl's own default would keep 4 connections per added handle and close
- * keep-alive connections as handles come and go (see DESIGN.md). */
+ * keep-alive connections as handles come and go (docs/design.md). */
 #define MU_DEFAULT_MAX_CONNECTIONS 1024L
 
 /* One per socket curl asks us to watch. Recycled through a free list, so a
@@ -27,10 +27,8 @@ typedef struct mu_sock {
  * whether an exchange is using it, so that the idle ones to a provider can
  * be closed (mu_transport_close_idle). */
 typedef struct conn_rec {
-    char url[160]; /* "" = no connection of ours on this fd */
-    int busy;
-    int local_port; /* once known (on_prereq) */
-    unsigned gen;   /* moves on with every connection on this fd */
+    char *url; /* NULL: no connection of ours on this fd */
+    int busy;  /* curl watches it for an exchange (its socket callback) */
 } conn_rec;
 
 struct mu_transport {
@@ -42,7 +40,6 @@ struct mu_transport {
     mu_sock *spare;       /* recycled mu_socks, events not pending */
     conn_rec *conns;      /* indexed by fd */
     size_t nconns;
-    int *fd_by_port;      /* local port -> fd + 1 (0: none); made on first use */
     uint64_t conns_opened;
     uint64_t resends_refused;
     size_t running;
@@ -56,16 +53,14 @@ struct mu_xfer {
     int running;
     int too_big;
     int opened_socket;    /* this attempt created a socket */
-    int nsends;           /* requests curl began to send in this exchange */
-    int first_reused;     /* the first went over a kept connection */
+    int body_sent;        /* curl took the request body (on_read) */
+    int first_reused;     /* ... over a connection kept from an earlier exchange */
     int resend_refused;   /* curl wanted to send again; refused (see transport.h) */
-    int stale;            /* the kept connection was found closed before sending */
     long resend_errno;    /* the OS error that ended the reused connection */
     int reuse;            /* 1: keep-alive; 0: fresh connection, closed after */
     const char *url;      /* of the running exchange (borrowed) */
-    curl_socket_t conn_fd; /* the connection it sends on, or CURL_SOCKET_BAD */
-    curl_socket_t new_fd;  /* the socket this exchange opened, if it did */
-    unsigned conn_gen;
+    const char *req;      /* its request body (borrowed), req_len bytes, req_off given */
+    size_t req_len, req_off;
     mu_xfer_done_fn done;
     void *user;
     mu_xfer_result res;
@@ -77,7 +72,7 @@ struct mu_xfer {
 static void on_socket(evutil_socket_t fd, short what, void *arg);
 static void drain_done(mu_transport *t);
 static void quickack(evutil_socket_t fd);
-static void conn_release(mu_xfer *x);
+static conn_rec *conn_at(mu_transport *t, curl_socket_t fd, int grow);
 
 static void sock_unlink(mu_transport *t, mu_sock *s)
 {
@@ -138,6 +133,10 @@ static int on_curl_socket(CURL *easy, curl_socket_t fd, int what, void *userp, v
     mu_transport *t = userp;
     mu_sock *s = socketp;
     MU_UNUSED(easy);
+    /* curl watches a connection's socket exactly while an exchange uses it. */
+    conn_rec *c = conn_at(t, fd, 0);
+    if (c && c->url)
+        c->busy = what != CURL_POLL_REMOVE;
 
     if (what == CURL_POLL_REMOVE) {
         if (s) {
@@ -260,13 +259,13 @@ static void fill_result(mu_xfer *x, CURLcode code)
     /* A reused connection has no connect time of its own, but curl records
      * the local port of whatever connection carried the transfer. */
     r->connected = connect > 0 || port > 0;
-    r->sent = up > 0 || x->nsends > 0;
+    r->sent = up > 0 || x->body_sent;
     r->reused = x->first_reused;
     r->kept = x->reuse;
     /* curl ends a reused connection that died before any response byte by
      * resending on a fresh one; we refuse that resend, or curl gives up by
      * itself once its per-handle count of such resends is spent. */
-    r->died_on_reuse = x->stale || x->resend_refused ||
+    r->died_on_reuse = x->resend_refused || code == CURLE_SEND_FAIL_REWIND ||
                        (code == CURLE_SEND_ERROR && x->first_reused && status == 0);
     long err = x->resend_refused ? x->resend_errno : 0;
     if (!err)
@@ -302,7 +301,6 @@ static void drain_done(mu_transport *t)
             continue;
         fill_result(x, code);
         count_connects(x);
-        conn_release(x);
         curl_multi_remove_handle(t->multi, e);
         x->running = 0;
         t->running--;
@@ -368,8 +366,9 @@ void mu_transport_free(mu_transport *t)
     curl_multi_cleanup(t->multi);
     sock_list_free(t->live);
     sock_list_free(t->spare);
+    for (size_t i = 0; i < t->nconns; i++)
+        free(t->conns[i].url);
     free(t->conns);
-    free(t->fd_by_port);
     event_free(t->timer);
     free(t);
 }
@@ -409,25 +408,13 @@ static conn_rec *conn_at(mu_transport *t, curl_socket_t fd, int grow)
     return &t->conns[i];
 }
 
-/* The exchange of x is done with its connection (which curl may keep). */
-static void conn_release(mu_xfer *x)
-{
-    conn_rec *c = conn_at(x->t, x->conn_fd, 0);
-    if (c && c->gen == x->conn_gen)
-        c->busy = 0;
-    x->conn_fd = CURL_SOCKET_BAD;
-}
-
 static int on_closesocket(void *arg, curl_socket_t fd)
 {
-    mu_transport *t = arg;
-    conn_rec *c = conn_at(t, fd, 0);
+    conn_rec *c = conn_at(arg, fd, 0);
     if (c) {
-        if (t->fd_by_port && c->local_port > 0 && t->fd_by_port[c->local_port] == fd + 1)
-            t->fd_by_port[c->local_port] = 0;
-        c->url[0] = '\0';
+        free(c->url);
+        c->url = NULL;
         c->busy = 0;
-        c->local_port = 0;
     }
     return close(fd);
 }
@@ -437,9 +424,9 @@ int mu_transport_close_idle(mu_transport *t, const char *url)
     int n = 0;
     for (size_t i = 0; t && i < t->nconns; i++) {
         conn_rec *c = &t->conns[i];
-        if (c->url[0] && !c->busy && strcmp(c->url, url) == 0) {
+        if (c->url && !c->busy && strcmp(c->url, url) == 0) {
             /* curl still owns the fd: it finds the connection dead before
-             * its next use (kept_connection_dead) and closes it. */
+             * its next use and closes it. */
             shutdown((int)i, SHUT_RDWR);
             n++;
         }
@@ -448,116 +435,52 @@ int mu_transport_close_idle(mu_transport *t, const char *url)
 }
 
 /* Notes that this attempt opened a socket, so that a cancel knows whether
- * CURLINFO_NUM_CONNECTS describes this attempt or is left from the last.
- * A socket opened after a request was sent is curl's resend: the OS error
- * that ended the first connection is still recorded then, and the resend
- * is refused (see transport.h). */
+ * CURLINFO_NUM_CONNECTS describes this attempt or is left from the last,
+ * and records the connection. A socket opened after the body was sent is
+ * curl resending on its own: the OS error that ended the first connection
+ * is still recorded then, and the resend is refused (see transport.h). */
 static int on_sockopt(void *arg, curl_socket_t fd, curlsocktype purpose)
 {
     mu_xfer *x = arg;
     if (purpose != CURLSOCKTYPE_IPCXN)
         return CURL_SOCKOPT_OK;
     x->opened_socket = 1;
-    if (x->nsends == 0) {
+    if (!x->body_sent) {
         conn_rec *c = conn_at(x->t, fd, 1);
-        x->new_fd = fd;
         if (c) {
-            c->local_port = 0;
-            mu_fmt(c->url, sizeof c->url, "%s", x->url);
-            c->busy = 0; /* in use once the request goes out (on_prereq) */
-            c->gen++;
+            free(c->url);
+            c->url = strdup(x->url); /* NULL if out of memory: just not recorded */
+            c->busy = 1;
         }
         return CURL_SOCKOPT_OK;
     }
-    /* curl's resend after a reused connection died: refused before it
-     * connects (see on_prereq for a resend over another kept connection). */
     curl_easy_getinfo(x->easy, CURLINFO_OS_ERRNO, &x->resend_errno);
     x->resend_refused = 1;
     x->t->resends_refused++;
     return CURL_SOCKOPT_ERROR;
 }
 
-#if LIBCURL_VERSION_NUM >= 0x075000 /* 7.80.0: CURLOPT_PREREQFUNCTION */
-/* The fd of the connection the request of x goes out on. curl names it only
- * by its local port here (CURLINFO_ACTIVESOCKET is the handle's previous
- * connection, not this one), so connections are found by local port. */
-static curl_socket_t conn_of(mu_xfer *x, int local_port)
-{
-    mu_transport *t = x->t;
-    if (local_port <= 0 || local_port > 65535)
-        return CURL_SOCKET_BAD;
-    if (!t->fd_by_port && !(t->fd_by_port = calloc(65536, sizeof *t->fd_by_port)))
-        return CURL_SOCKET_BAD;
-    if (x->opened_socket) { /* a new connection: this exchange opened x->new_fd */
-        conn_rec *c = conn_at(t, x->new_fd, 0);
-        if (!c || !c->url[0])
-            return CURL_SOCKET_BAD;
-        c->local_port = local_port;
-        t->fd_by_port[local_port] = x->new_fd + 1;
-        return x->new_fd;
-    }
-    curl_socket_t fd = t->fd_by_port[local_port] - 1;
-    conn_rec *c = conn_at(t, fd, 0);
-    if (!c || c->local_port != local_port || strcmp(c->url, x->url) != 0)
-        return CURL_SOCKET_BAD;
-    return fd;
-}
-
-/* A kept HTTP/1.1 connection between exchanges has nothing to read. EOF
- * (the server closed it while it sat in the cache: a provider stopping, an
- * idle timeout, uwsgi closing after every response), an error, or stray
- * bytes mean it must not carry a request. Checked right before sending, so
- * a request goes out on a connection already closed only if the close
- * crosses it in flight. */
-static int kept_connection_dead(curl_socket_t fd)
-{
-    if (fd == CURL_SOCKET_BAD)
-        return 0;
-    char b;
-    ssize_t n = recv(fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
-    return n >= 0 || (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR);
-}
-
-/* The request of x goes out on fd now. */
-static void conn_claim(mu_xfer *x, curl_socket_t fd)
-{
-    conn_rec *c = conn_at(x->t, fd, 0);
-    if (!c || !c->url[0])
-        return;
-    c->busy = 1;
-    x->conn_fd = fd;
-    x->conn_gen = c->gen;
-}
-
-/* Runs right before curl sends a request on a connection. The first is
- * ours; a second in the same exchange is curl resending on its own after a
- * reused connection died (see transport.h): refused, so that the call
- * layer decides, knowing whether the call is idempotent. */
-static int on_prereq(void *arg, char *ip, char *local_ip, int port, int local_port)
+/* curl reads the request body from here, not from CURLOPT_POSTFIELDS, and
+ * is given no way to rewind it: once the body went out, curl cannot send
+ * the request again by itself (it fails with CURLE_SEND_FAIL_REWIND), on a
+ * fresh connection or on another kept one. If a kept connection dies
+ * before the body went out, curl does resend: the server never had a whole
+ * request then. The cost against CURLOPT_POSTFIELDS: the body leaves in a
+ * second send() after the headers (callgrind: +2% instructions a call). */
+static size_t on_read(char *buf, size_t size, size_t nitems, void *arg)
 {
     mu_xfer *x = arg;
-    MU_UNUSED(ip);
-    MU_UNUSED(local_ip);
-    MU_UNUSED(port);
-    if (x->nsends == 0) {
-        curl_socket_t fd = conn_of(x, local_port);
+    if (!x->body_sent) {
+        x->body_sent = 1;
         x->first_reused = !x->opened_socket;
-        if (x->first_reused && kept_connection_dead(fd)) {
-            x->stale = 1;
-            return CURL_PREREQFUNC_ABORT; /* nothing sent: the call layer sends again */
-        }
-        x->nsends = 1;
-        conn_claim(x, fd);
-        return CURL_PREREQFUNC_OK;
     }
-    if (!x->resend_refused) {
-        curl_easy_getinfo(x->easy, CURLINFO_OS_ERRNO, &x->resend_errno);
-        x->resend_refused = 1;
-        x->t->resends_refused++;
-    }
-    return CURL_PREREQFUNC_ABORT;
+    size_t n = size * nitems, left = x->req_len - x->req_off;
+    if (n > left)
+        n = left;
+    memcpy(buf, x->req + x->req_off, n);
+    x->req_off += n;
+    return n;
 }
-#endif
 
 static size_t on_write(char *p, size_t size, size_t nmemb, void *arg)
 {
@@ -612,10 +535,8 @@ mu_xfer *mu_xfer_new(mu_transport *t)
     if (!rc) rc = curl_easy_setopt(e, CURLOPT_SOCKOPTDATA, (void *)x);
     if (!rc) rc = curl_easy_setopt(e, CURLOPT_CLOSESOCKETFUNCTION, on_closesocket);
     if (!rc) rc = curl_easy_setopt(e, CURLOPT_CLOSESOCKETDATA, (void *)t);
-#if LIBCURL_VERSION_NUM >= 0x075000
-    if (!rc) rc = curl_easy_setopt(e, CURLOPT_PREREQFUNCTION, on_prereq);
-    if (!rc) rc = curl_easy_setopt(e, CURLOPT_PREREQDATA, (void *)x);
-#endif
+    if (!rc) rc = curl_easy_setopt(e, CURLOPT_READFUNCTION, on_read);
+    if (!rc) rc = curl_easy_setopt(e, CURLOPT_READDATA, (void *)x);
     if (!rc && t->opts.connect_timeout_ms > 0)
         rc = curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, t->opts.connect_timeout_ms);
     if (rc != CURLE_OK) {
@@ -626,7 +547,6 @@ mu_xfer *mu_xfer_new(mu_transport *t)
     x->res.body = "";
     x->res.error = "";
     x->reuse = 1;
-    x->conn_fd = CURL_SOCKET_BAD;
     t->nxfers++;
     return x;
 }
@@ -654,11 +574,13 @@ int mu_xfer_start(mu_xfer *x, const char *url, const char *body, size_t len,
     mu_buf_reset(&x->body);
     x->too_big = 0;
     x->opened_socket = 0;
-    x->nsends = 0;
+    x->body_sent = 0;
     x->first_reused = 0;
     x->resend_refused = 0;
-    x->stale = 0;
     x->resend_errno = 0;
+    x->req = body ? body : "";
+    x->req_len = body ? len : 0;
+    x->req_off = 0;
     x->errbuf[0] = '\0';
     memset(&x->res, 0, sizeof x->res);
     x->res.body = "";
@@ -666,9 +588,8 @@ int mu_xfer_start(mu_xfer *x, const char *url, const char *body, size_t len,
 
     CURLcode rc = CURLE_OK;
     if (!rc) rc = curl_easy_setopt(e, CURLOPT_URL, url);
-    /* Size before data: setting the size can drop a previous POSTFIELDS. */
-    if (!rc) rc = curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)len);
-    if (!rc) rc = curl_easy_setopt(e, CURLOPT_POSTFIELDS, body ? body : "");
+    /* The body comes from on_read: a POST of known size (Content-Length). */
+    if (!rc) rc = curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)x->req_len);
     if (!rc) rc = curl_easy_setopt(e, CURLOPT_HTTPHEADER, (struct curl_slist *)headers);
     if (!rc) rc = curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, timeout_ms > 0 ? timeout_ms : 0L);
     if (rc != CURLE_OK)
@@ -702,7 +623,6 @@ void mu_xfer_cancel(mu_xfer *x)
     /* Removing the handle also drops a DONE message still queued for it;
      * curl closes a connection left in the middle of an exchange. */
     curl_multi_remove_handle(x->t->multi, x->easy);
-    conn_release(x);
     x->running = 0;
     x->t->running--;
     x->done = NULL;
@@ -736,7 +656,7 @@ void mu_xfer_set_reuse(mu_xfer *x, int reuse)
 
 int mu_xfer_fresh_connection(const mu_xfer *x)
 {
-    return x && x->running && x->nsends > 0 && !x->first_reused;
+    return x && x->running && x->opened_socket && !x->resend_refused;
 }
 
 uint64_t mu_transport_resends_refused(const mu_transport *t)

@@ -4,6 +4,14 @@
  * curl_multi_info_read drained after every action). Easy handles live in
  * xfers that are reused across attempts; connections are kept alive in the
  * multi handle's cache, sized from our own connection budget.
+ *
+ * Ownership:
+ *   mu_transport       private to transport.c; made and freed by client.c.
+ *   mu_xfer            private to transport.c; call.c makes one per call
+ *                      object and frees it with that object.
+ *   mu_xfer_result     inside its mu_xfer.
+ *   mu_transport_opts  a value, copied into mu_transport.
+ * Socket events and connection records (by fd) are transport.c's own.
  */
 #ifndef MU_TRANSPORT_H
 #define MU_TRANSPORT_H
@@ -44,8 +52,7 @@ typedef struct mu_xfer_result {
 /* `unsent` is set when the exchange failed but the request provably never
  * reached the provider's application, so that even a non-idempotent call
  * may be sent again:
- *   - no request byte was written (connect refused or timed out, or a kept
- *     connection found closed by the server right before sending);
+ *   - the body was not written (connect refused or timed out);
  *   - a reused connection was reset (ECONNRESET/EPIPE) before any response
  *     byte. Linux answers with RST instead of FIN only when a socket is
  *     closed with unread data in its receive buffer, or receives data after
@@ -54,11 +61,13 @@ typedef struct mu_xfer_result {
  *     therefore resets our request unread. A server that read the request
  *     and then died closes with an empty receive buffer: FIN, seen as EOF,
  *     which stays ambiguous (died_on_reuse without unsent).
- * libcurl would resend on a fresh connection by itself in both cases
- * (Curl_retry_request), EOF included, and keeps its count of such resends
- * across transfers on a reused easy handle. The transport stops that resend
- * (CURLOPT_PREREQFUNCTION refuses a second request in one exchange) so that
- * the call layer alone decides whether to send again. */
+ * libcurl resends by itself when a reused connection dies before any
+ * response byte (Curl_retry_request), EOF included, on a fresh connection
+ * or on another kept one, and keeps its count of such resends across
+ * transfers on a reused easy handle. The transport stops every resend of a
+ * request whose body went out: curl reads the body through a callback it
+ * cannot rewind, and a socket opened after the body went out is refused.
+ * The call layer alone decides whether to send again. */
 
 /* Called once per started exchange, from inside the transport's event
  * handling (never from within mu_xfer_start). It may start this or another
