@@ -246,7 +246,7 @@ int main(int argc, char **argv)
         wait_for(watch_hit, "the cold load");
         us[r] = g.t_seen - t0;
         mu_client_stats st;
-        mu_client_stats_get(cl, &st);
+        mu_client_stats_get(cl, &st, sizeof st);
         printf("COLD rep=%d ms=%.2f get_children=%llu get=%llu endpoints=%zu\n", r,
                (double)us[r] / 1000.0, st.zk_get_children, st.zk_get, g.seen);
         if (st.zk_get_children > gc_max)
@@ -272,7 +272,7 @@ int main(int argc, char **argv)
     for (int r = 0; r < reps; r++) {
         mu_client_stats a, b;
         /* join */
-        mu_client_stats_get(cl, &a);
+        mu_client_stats_get(cl, &a, sizeof a);
         g.want = (size_t)n + 1;
         g.hit = 0;
         t0 = now_us();
@@ -280,7 +280,7 @@ int main(int argc, char **argv)
         mu_zkloop_update(g.zl);
         wait_for(watch_hit, "a join");
         us[r] = g.t_seen - t0;
-        mu_client_stats_get(cl, &b);
+        mu_client_stats_get(cl, &b, sizeof b);
         unsigned long long dgc = b.zk_get_children - a.zk_get_children, dget = b.zk_get - a.zk_get;
         printf("JOIN rep=%d ms=%.2f get_children=%llu get=%llu endpoints=%zu\n", r,
                (double)us[r] / 1000.0, dgc, dget, g.seen);
@@ -294,7 +294,7 @@ int main(int argc, char **argv)
         /* leave */
         char path[256];
         snprintf(path, sizeof path, ROOT "/p%06d", n + r);
-        mu_client_stats_get(cl, &a);
+        mu_client_stats_get(cl, &a, sizeof a);
         g.want = (size_t)n;
         g.hit = 0;
         t0 = now_us();
@@ -304,7 +304,7 @@ int main(int argc, char **argv)
         mu_zkloop_update(g.zl);
         wait_for(watch_hit, "a leave");
         leave_us[r] = g.t_seen - t0;
-        mu_client_stats_get(cl, &b);
+        mu_client_stats_get(cl, &b, sizeof b);
         dgc = b.zk_get_children - a.zk_get_children;
         dget = b.zk_get - a.zk_get;
         printf("LEAVE rep=%d ms=%.2f get_children=%llu get=%llu endpoints=%zu\n", r,

@@ -102,7 +102,7 @@ static void scenario(size_t n, int down_pct, size_t navoid, long iters, int k)
     }
     size_t ndown = down_pct ? (n * (size_t)down_pct + 99) / 100 : 0;
     for (size_t i = 0; i < ndown; i++) /* spread out, not a block */
-        b.eps[(i * 7919) % n].down_until_us = b.now + 3600000000ull;
+        b.eps[(i * 7919) % n].health.down_until_us = b.now + 3600000000ull;
     if (mu_pool_set(b.pool, v, n) != 0) {
         fprintf(stderr, "out of memory\n");
         exit(1);

@@ -53,7 +53,7 @@ static int bench_start_call(long slot, long seq)
 static unsigned long long bench_connections(void)
 {
     mu_client_stats st;
-    mu_client_stats_get(g.client, &st);
+    mu_client_stats_get(g.client, &st, sizeof st);
     return st.connections;
 }
 

@@ -267,7 +267,7 @@ static void park(mu_pool *p, member *m)
     lv_unlink(&p->up, m);
     lv_fixmin(&p->up);
     m->parked = 1;
-    m->park_until = m->ep->down_until_us;
+    m->park_until = m->ep->health.down_until_us;
     lv_link(&p->parked, m, m->level);
     heap_push(p, m);
 }
@@ -287,8 +287,8 @@ static void unpark_due(mu_pool *p, uint64_t now)
 {
     while (p->nheap && p->heap[0]->park_until <= now) {
         member *m = p->heap[0];
-        if (m->ep->down_until_us > now) { /* extended meanwhile */
-            m->park_until = m->ep->down_until_us;
+        if (m->ep->health.down_until_us > now) { /* extended meanwhile */
+            m->park_until = m->ep->health.down_until_us;
             heap_down(p, 0);
         } else {
             unpark(p, m);
@@ -305,9 +305,9 @@ void mu_endpoint_pending_add(mu_endpoint *e, int delta)
     e->pending += delta;
     for (member *m = e->members; m; m = m->enext) {
         mu_pool *p = m->pool;
-        if (e->down_until_us < p->all_down_until)
+        if (e->health.down_until_us < p->all_down_until)
             p->all_down_until = 0; /* it came back early */
-        if (m->parked && e->down_until_us < m->park_until)
+        if (m->parked && e->health.down_until_us < m->park_until)
             unpark(p, m); /* re-parked at the next pick if still down */
         size_t lvl = level_for(p, e->pending);
         if (lvl == m->level)
@@ -540,7 +540,7 @@ static int is_avoided(const pick_ctx *c, const mu_endpoint *e)
 
 static int eligible(const pick_ctx *c, const mu_endpoint *e)
 {
-    if (c->excl_down && e->down_until_us > c->now)
+    if (c->excl_down && e->health.down_until_us > c->now)
         return 0;
     return !c->navoid || !is_avoided(c, e);
 }
@@ -574,7 +574,7 @@ static void note_all_down(mu_pool *p, uint64_t now)
 {
     uint64_t until = UINT64_MAX;
     for (size_t i = 0; i < p->n; i++) {
-        uint64_t d = p->eps[i]->down_until_us;
+        uint64_t d = p->eps[i]->health.down_until_us;
         if (d <= now)
             return;
         if (d < until)
@@ -658,7 +658,7 @@ static mu_endpoint *pick_lp_up(mu_pool *p, const pick_ctx *c)
                 if (++skips > c->navoid)
                     break;
                 m = m->bnext;
-            } else if (e->down_until_us > c->now) {
+            } else if (e->health.down_until_us > c->now) {
                 member *next = m->bnext == m ? NULL : m->bnext;
                 park(p, m);
                 m = next;
@@ -726,7 +726,7 @@ static mu_endpoint *pick_tried(mu_pool *p, const pick_ctx *c)
         size_t pos = 0;
         while (pos < c->navoid && c->avoid[pos] != e)
             pos++;
-        size_t rank = (e->down_until_us > c->now ? c->navoid + 1 : 0) + pos;
+        size_t rank = (e->health.down_until_us > c->now ? c->navoid + 1 : 0) + pos;
         if (rank < best_rank) {
             best_rank = rank;
             best = e;

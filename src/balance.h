@@ -2,6 +2,14 @@
  * balance: picking an endpoint for a call. A pool is one method's set of
  * endpoints plus the per-policy state. Every pick is O(1) (least-pending
  * keeps endpoints in buckets by pending count), independent of pool size.
+ *
+ * Ownership:
+ *   mu_pool    private to balance.c; owned by the view's group (view.c makes
+ *              it and frees it); only balance.c touches its fields.
+ *   mu_member  private to balance.c; one per endpoint per pool, listed on
+ *              the endpoint's `members`; made and freed by balance.c.
+ * balance.c also writes the endpoint's `pending` (only through
+ * mu_endpoint_pending_add) and reads its health.down_until_us.
  */
 #ifndef MU_BALANCE_H
 #define MU_BALANCE_H

@@ -84,3 +84,23 @@ uint64_t mu_now_us(void)
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
 }
+
+int mu_list_each(const char *list, int (*fn)(const char *item, size_t len, void *user),
+                 void *user)
+{
+    const char *p = list;
+    while (p && *p) {
+        const char *comma = strchr(p, ',');
+        size_t l = comma ? (size_t)(comma - p) : strlen(p);
+        const char *item = p;
+        while (l && *item == ' ')
+            item++, l--;
+        while (l && item[l - 1] == ' ')
+            l--;
+        int rc = fn(item, l, user);
+        if (rc)
+            return rc;
+        p = comma ? comma + 1 : NULL;
+    }
+    return 0;
+}

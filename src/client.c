@@ -1,3 +1,11 @@
+/*
+ * client: the public face. Owns struct mu_client, which holds the modules
+ * (view, registry, transport, health, calls) and what is the client's own:
+ * the logger, the counters, the target table, user watches and the life
+ * (reentrancy) state. A call enters here, is resolved to a target here
+ * (client -> view -> registry), and is handed to the call layer, which
+ * never calls back except through the functions handed to it.
+ */
 #include "config.h"
 
 #include <event2/event.h>
@@ -5,10 +13,61 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
-#include <yajl/yajl_tree.h>
 
+#include "microutil/microutil_yajl.h"
+
+#include "balance.h"
+#include "call.h"
 #include "client.h"
+#include "codec.h"
 #include "conf.h"
+#include "health.h"
+#include "life.h"
+#include "map.h"
+#include "registry.h"
+#include "transport.h"
+#include "view.h"
+
+/* A user watch on a target (mu_client_watch). */
+typedef struct mu_watch {
+    char *target;
+    mu_group *g;
+    mu_watch_fn fn; /* NULL: removed from inside a callback, unlinked later */
+    void *user;
+    int dirty;
+    struct mu_watch *next;
+} mu_watch;
+
+struct mu_client {
+    struct event_base *base;
+    mu_life life;
+    mu_logger log;          /* every module logs through it (log_trampoline) */
+    mu_log_fn user_log;
+    void *user_log_arg;
+    mu_client_stats stats;  /* modules count into it */
+    char errmsg[512];
+    /* what resolving a target needs */
+    char root[256];
+    int per_service;
+    mu_policy policy;
+    char *auth_token;       /* lent to the call layer */
+    mu_map idempotent;      /* "svc:method" / "svc:*" -> (void *)1 */
+    mu_map svc_policy;      /* svc -> mu_policy + 1 */
+    mu_map statics;         /* svc -> hosts string (owned) */
+    mu_map targets;         /* target -> mu_target (owned) */
+    mu_watch *watches;
+    struct event *notify;   /* runs watchers; carries out a free asked from the log sink */
+    /* the modules */
+    mu_view *view;
+    mu_registry *reg;       /* NULL without ZooKeeper */
+    mu_transport *tp;
+    mu_health *health;
+    mu_calls *calls;
+};
+
+static void destroy(void *owner);
+
+/* ------------------------------------------------------------------ log */
 
 static void stderr_log(mu_log_level level, const char *msg, void *user)
 {
@@ -17,77 +76,90 @@ static void stderr_log(mu_log_level level, const char *msg, void *user)
     fprintf(stderr, "microutil %s: %s\n", names[level], msg);
 }
 
-static void on_drain(evutil_socket_t fd, short what, void *arg)
-{
-    MU_UNUSED(fd);
-    MU_UNUSED(what);
-    mu_client *c = arg;
-    if (c->free_requested) {
-        mu_client_free(c);
-        return;
-    }
-    mu_calls_drain(c);
-    if (c->dying && c->depth == 0)
-        mu_client_destroy(c);
-}
-
-void mu_client_kick(mu_client *c)
-{
-    if (c->draining) {
-        /* A timer, not event_active: it runs after the next poll, so the
-         * loop's other events get their turn first. */
-        static const struct timeval now = {0, 0};
-        if (!event_pending(c->drain, EV_TIMEOUT, NULL))
-            event_add(c->drain, &now);
-    } else {
-        event_active(c->drain, EV_TIMEOUT, 0);
-    }
-}
-
-/* Every part logs through here, so that the user's sink runs with the
- * client marked busy: it must not free the client under our feet. */
+/* Every module logs through here, so that the user's sink runs inside the
+ * client's life, marked as the sink: it must not free the client under
+ * our feet, nor start calls deep inside our own work. */
 static void log_trampoline(mu_log_level level, const char *msg, void *user)
 {
     mu_client *c = user;
     if (!c->user_log)
         return;
-    c->in_log++;
+    mu_life_enter(&c->life, 1);
     c->user_log(level, msg, c->user_log_arg);
-    c->in_log--;
+    mu_life_leave(&c->life, 1); /* never destroys: the sink's free is deferred */
 }
 
+/* -------------------------------------------------------------- watches */
+
+static void unlink_removed_watches(mu_client *c)
+{
+    for (mu_watch **pp = &c->watches; *pp;) {
+        mu_watch *w = *pp;
+        if (w->fn) {
+            pp = &w->next;
+            continue;
+        }
+        *pp = w->next;
+        free(w->target);
+        free(w);
+    }
+}
+
+static void on_notify(evutil_socket_t fd, short what, void *arg)
+{
+    MU_UNUSED(fd);
+    MU_UNUSED(what);
+    mu_client *c = arg;
+    if (c->life.state == MU_LIFE_FREE_ASKED) {
+        destroy(c);
+        return;
+    }
+    mu_life_enter(&c->life, 0);
+    for (mu_watch *w = c->watches; w && c->life.state == MU_LIFE_LIVE; w = w->next) {
+        if (!w->dirty || !w->fn)
+            continue;
+        w->dirty = 0;
+        w->fn(w->target, mu_pool_size(w->g->pool), w->user);
+    }
+    if (c->life.state == MU_LIFE_LIVE)
+        unlink_removed_watches(c);
+    mu_life_leave(&c->life, 0);
+}
+
+/* The view's news: waiting calls go on, watchers hear of it. */
 static void on_group_changed(mu_group *g, void *user)
 {
     mu_client *c = user;
-    mu_calls_group_changed(c, g);
+    if (c->calls)
+        mu_calls_group_changed(c->calls, g);
     int notify = 0;
     for (mu_watch *w = c->watches; w; w = w->next)
         if (w->g == g && w->fn)
             notify = w->dirty = 1;
     if (notify)
-        mu_client_kick(c);
+        event_active(c->notify, EV_TIMEOUT, 0);
+}
+
+static void discovery_state(void *user, char *buf, size_t cap)
+{
+    mu_client *c = user;
+    if (c->reg && !mu_registry_connected(c->reg))
+        mu_fmt(buf, cap, "ZooKeeper %s is not reachable", mu_registry_hosts(c->reg));
+    else
+        buf[0] = '\0';
 }
 
 /* --------------------------------------------------------------- settings */
 
-static void load_list(mu_map *m, const char *list)
+static int put_listed(const char *item, size_t len, void *user)
 {
-    const char *p = list;
-    while (p && *p) {
-        const char *comma = strchr(p, ',');
-        size_t l = comma ? (size_t)(comma - p) : strlen(p);
-        char item[256];
-        while (l && *p == ' ')
-            p++, l--;
-        while (l && p[l - 1] == ' ')
-            l--;
-        if (l && l < sizeof item) {
-            memcpy(item, p, l);
-            item[l] = '\0';
-            mu_map_put(m, item, (void *)1);
-        }
-        p = comma ? comma + 1 : NULL;
+    char key[256];
+    if (len && len < sizeof key) {
+        memcpy(key, item, len);
+        key[len] = '\0';
+        mu_map_put(user, key, (void *)1);
     }
+    return 0;
 }
 
 static void add_static(const char *svc, const char *hosts, void *user)
@@ -106,46 +178,50 @@ static void add_policy(const char *svc, const char *name, void *user)
         mu_map_put(&c->svc_policy, svc, (void *)(intptr_t)(p + 1));
 }
 
-static mu_status apply_config(mu_client *c, const mu_config *cfg)
+static mu_log_level level_of(const char *name)
 {
-    mu_settings *s = &c->s;
-    s->timeout_ms = (int)mu_config_long(cfg, "timeout_ms");
-    s->connect_timeout_ms = (int)mu_config_long(cfg, "connect_timeout_ms");
-    s->deadline_ms = (int)mu_config_long(cfg, "deadline_ms");
-    s->retries = (int)mu_config_long(cfg, "retries");
-    s->eject_ms = (int)mu_config_long(cfg, "eject_ms");
-    s->max_per_host = (int)mu_config_long(cfg, "max_connections_per_host");
-    s->backoff_ms = (int)mu_config_long(cfg, "connect_backoff_ms");
-    s->backoff_max_ms = (int)mu_config_long(cfg, "connect_backoff_max_ms");
-    if (s->backoff_max_ms < s->backoff_ms)
-        s->backoff_max_ms = s->backoff_ms;
-    s->stall_ms = (int)mu_config_long(cfg, "keepalive_stall_ms");
-    s->max_response = (size_t)mu_config_long(cfg, "max_response_bytes");
-    s->policy = (mu_policy)mu_policy_parse(mu_config_str(cfg, "policy"));
-    const char *proto = mu_config_str(cfg, "protocol");
-    /* 1.0.2 mounts /json/; 1.0.3 and every later variant mount /jsonp/. */
-    int legacy = strcmp(proto, "1.0.2") == 0;
-    s->json_headers = strcmp(proto, "1.0.4") == 0 || strcmp(proto, "1.0.8") == 0;
-    s->per_service = strcmp(mu_config_str(cfg, "layout"), "per-service") == 0;
-    /* 1.0.8 registers per service unless the layout key says otherwise. */
-    if (strcmp(proto, "1.0.8") == 0 && !mu_config_is_set(cfg, "layout"))
-        s->per_service = 1;
-    const char *path = mu_config_str(cfg, "path");
-    mu_fmt(s->url_path, sizeof s->url_path, "%s",
-           *path ? path : legacy ? "/json/" : "/jsonp/");
-    mu_fmt(s->root, sizeof s->root, "%s", mu_config_str(cfg, "zk_root"));
-    s->auth_token = strdup(mu_config_str(cfg, "auth_token"));
-    if (!s->auth_token)
+    return strcmp(name, "error") == 0   ? MU_LOG_ERROR
+           : strcmp(name, "info") == 0  ? MU_LOG_INFO
+           : strcmp(name, "debug") == 0 ? MU_LOG_DEBUG
+                                        : MU_LOG_WARN;
+}
+
+/* What the client itself keeps of the configuration. Keys and values were
+ * validated when set, so names parse. */
+static mu_status apply_config(mu_client *c, const mu_config *cfg, mu_proto *proto)
+{
+    const mu_proto_info *pi = mu_proto_find(mu_config_str(cfg, "protocol"), proto);
+    c->per_service = mu_config_is_set(cfg, "layout")
+                         ? strcmp(mu_config_str(cfg, "layout"), "per-service") == 0
+                         : pi->per_service;
+    c->policy = (mu_policy)mu_policy_parse(mu_config_str(cfg, "policy"));
+    mu_fmt(c->root, sizeof c->root, "%s", mu_config_str(cfg, "zk_root"));
+    c->auth_token = strdup(mu_config_str(cfg, "auth_token"));
+    if (!c->auth_token)
         return MU_ENOMEM;
-    const char *lvl = mu_config_str(cfg, "log_level");
-    c->log.level = strcmp(lvl, "error") == 0  ? MU_LOG_ERROR
-                   : strcmp(lvl, "info") == 0  ? MU_LOG_INFO
-                   : strcmp(lvl, "debug") == 0 ? MU_LOG_DEBUG
-                                               : MU_LOG_WARN;
-    load_list(&c->idempotent, mu_config_str(cfg, "idempotent"));
+    c->log.level = level_of(mu_config_str(cfg, "log_level"));
+    mu_list_each(mu_config_str(cfg, "idempotent"), put_listed, &c->idempotent);
     mu_config_each_service(cfg, "static", add_static, c);
     mu_config_each_service(cfg, "policy", add_policy, c);
     return MU_OK;
+}
+
+static mu_call_settings call_settings(const mu_client *c, const mu_config *cfg, mu_proto proto)
+{
+    mu_call_settings s = {
+        .timeout_ms = (int)mu_config_long(cfg, "timeout_ms"),
+        .deadline_ms = (int)mu_config_long(cfg, "deadline_ms"),
+        .retries = (int)mu_config_long(cfg, "retries"),
+        .max_per_host = (int)mu_config_long(cfg, "max_connections_per_host"),
+        .backoff_ms = (int)mu_config_long(cfg, "connect_backoff_ms"),
+        .backoff_max_ms = (int)mu_config_long(cfg, "connect_backoff_max_ms"),
+        .proto = proto,
+        .auth_token = c->auth_token,
+        .max_response = (size_t)mu_config_long(cfg, "max_response_bytes"),
+    };
+    if (s.backoff_max_ms < s.backoff_ms)
+        s.backoff_max_ms = s.backoff_ms;
+    return s;
 }
 
 /* ---------------------------------------------------------------- targets */
@@ -162,12 +238,9 @@ static int valid_part(const char *s, size_t n)
     return 1;
 }
 
-mu_target *mu_client_target(mu_client *c, const char *target, mu_status *st)
+/* Checks "svc:method"; copies svc. 0, or -1 with errmsg set. */
+static int split_target(mu_client *c, const char *target, char *svc, size_t cap, size_t *split)
 {
-    *st = MU_EINVAL;
-    mu_target *t = mu_map_get(&c->targets, target);
-    if (t)
-        return t;
     const char *colon = strchr(target, ':');
     size_t tl = strlen(target);
     if (!colon || strchr(colon + 1, ':') || !valid_part(target, (size_t)(colon - target)) ||
@@ -176,59 +249,123 @@ mu_target *mu_client_target(mu_client *c, const char *target, mu_status *st)
                "bad target '%.200s': expected SERVICE:METHOD with exactly one ':' and no "
                "spaces or '/'",
                target);
-        return NULL;
+        return -1;
     }
-    size_t sl = (size_t)(colon - target);
-    char svc[256];
-    if (sl >= sizeof svc) {
+    *split = (size_t)(colon - target);
+    if (*split >= cap) {
         mu_fmt(c->errmsg, sizeof c->errmsg, "bad target '%.200s': service name too long", target);
-        return NULL;
+        return -1;
     }
-    memcpy(svc, target, sl);
-    svc[sl] = '\0';
-    const char *method = colon + 1;
+    memcpy(svc, target, *split);
+    svc[*split] = '\0';
+    return 0;
+}
 
-    char path[1024];
+/* A new group starts loading: from the static list, or from ZooKeeper. */
+static void load_group(mu_client *c, mu_group *g, const char *hosts)
+{
+    if (hosts)
+        mu_view_set_static(c->view, g, hosts);
+    else if (c->reg)
+        mu_registry_watch(c->reg, g);
+    else
+        mu_view_nonode(c->view, g);
+}
+
+/* Resolves "svc:method" (making and loading its group). NULL with
+ * c->errmsg and *st (MU_EINVAL or MU_ENOMEM) set on failure. */
+static mu_target *resolve(mu_client *c, const char *target, mu_status *st)
+{
+    *st = MU_EINVAL;
+    mu_target *t = mu_map_get(&c->targets, target);
+    char svc[256], path[1024], wild[300];
+    size_t split;
+    if (t || split_target(c, target, svc, sizeof svc, &split) != 0)
+        return t;
     const char *hosts = mu_map_get(&c->statics, svc);
     if (hosts)
         mu_fmt(path, sizeof path, "static:%s", svc);
-    else if (c->s.per_service)
-        mu_fmt(path, sizeof path, "%s/%s/provider", c->s.root, svc);
+    else if (c->per_service)
+        mu_fmt(path, sizeof path, "%s/%s/provider", c->root, svc);
     else
-        mu_fmt(path, sizeof path, "%s/%s/%s/provider", c->s.root, svc, method);
-
-    t = calloc(1, sizeof *t);
-    if (!t) {
-        mu_fmt(c->errmsg, sizeof c->errmsg, "out of memory");
-        *st = MU_ENOMEM;
-        return NULL;
-    }
+        mu_fmt(path, sizeof path, "%s/%s/%s/provider", c->root, svc, target + split + 1);
     int fresh = mu_view_group(c->view, path, 0) == NULL;
-    t->g = mu_view_group(c->view, path, 1);
-    if (!t->g || mu_map_put(&c->targets, target, t) != 0) {
+    mu_group *g = mu_view_group(c->view, path, 1);
+    if (g && fresh)
+        load_group(c, g, hosts); /* loading, even if the target cannot be kept */
+    t = calloc(1, sizeof *t);
+    if (!g || !t || mu_map_put(&c->targets, target, t)) {
         free(t);
         mu_fmt(c->errmsg, sizeof c->errmsg, "out of memory");
         *st = MU_ENOMEM;
         return NULL;
     }
-    t->split = sl;
-    char wild[300];
+    t->g = g;
+    t->split = split;
     mu_fmt(wild, sizeof wild, "%s:*", svc);
     t->idempotent = mu_map_get(&c->idempotent, target) || mu_map_get(&c->idempotent, wild);
     void *p = mu_map_get(&c->svc_policy, svc);
-    t->policy = p ? (mu_policy)((intptr_t)p - 1) : c->s.policy;
-    if (fresh) {
-        if (hosts)
-            mu_view_set_static(c->view, t->g, hosts);
-        else if (c->reg)
-            mu_registry_watch(c->reg, t->g);
-        else
-            mu_view_nonode(c->view, t->g);
-    }
+    t->policy = p ? (mu_policy)((intptr_t)p - 1) : c->policy;
     return t;
 }
 
 /* ------------------------------------------------------------ life cycle */
+
+static uint64_t seed(const mu_client *c)
+{
+    uint64_t s;
+    if (getrandom(&s, sizeof s, GRND_NONBLOCK) != sizeof s)
+        s = mu_now_us() ^ (uint64_t)(uintptr_t)c;
+    return s | 1;
+}
+
+/* The modules, lowest first. */
+static mu_status make_modules(mu_client *c, const mu_config *cfg, mu_proto proto)
+{
+    const char *path = mu_config_str(cfg, "path");
+    c->notify = event_new(c->base, -1, 0, on_notify, c);
+    c->view = mu_view_new(*path ? path : mu_proto_get(proto)->path, &c->log, &c->stats,
+                          on_group_changed, c);
+    mu_transport_opts to = {
+        .max_host_connections = mu_config_long(cfg, "max_connections_per_host"),
+        .max_connections = mu_config_long(cfg, "max_connections"),
+        .connect_timeout_ms = mu_config_long(cfg, "connect_timeout_ms"),
+        .max_response = (size_t)mu_config_long(cfg, "max_response_bytes"),
+    };
+    c->tp = mu_transport_new(c->base, &to);
+    mu_health_opts ho = {(int)mu_config_long(cfg, "eject_ms"),
+                         (int)mu_config_long(cfg, "keepalive_stall_ms")};
+    c->health = mu_health_new(&ho, &c->log);
+    if (!c->notify || !c->view || !c->tp || !c->health)
+        return MU_ENOMEM;
+    mu_calls_deps d = {
+        .base = c->base, .tp = c->tp, .view = c->view, .health = c->health, .log = &c->log,
+        .stats = &c->stats, .life = &c->life, .discovery_state = discovery_state, .user = c,
+    };
+    mu_call_settings s = call_settings(c, cfg, proto);
+    if (!(c->calls = mu_calls_new(&d, &s, seed(c))))
+        return MU_ENOMEM;
+    const char *zk = mu_config_str(cfg, "zk_hosts");
+    if (*zk && !(c->reg = mu_registry_new(c->base, c->view, zk,
+                                          (int)mu_config_long(cfg, "zk_session_timeout_ms"),
+                                          &c->log, &c->stats)))
+        return MU_EDISCOVERY;
+    return MU_OK;
+}
+
+static int preload_one(const char *item, size_t len, void *user)
+{
+    mu_client *c = user;
+    char target[600];
+    mu_status st;
+    if (len && len < sizeof target) {
+        memcpy(target, item, len);
+        target[len] = '\0';
+        if (!resolve(c, target, &st))
+            mu_log(&c->log, MU_LOG_WARN, "preload: %s", c->errmsg);
+    }
+    return 0;
+}
 
 mu_status mu_client_new(struct event_base *base, const mu_config *cfg, mu_client **out)
 {
@@ -239,97 +376,31 @@ mu_status mu_client_new(struct event_base *base, const mu_config *cfg, mu_client
         return MU_ENOMEM;
     mu_client *c = calloc(1, sizeof *c);
     mu_status st = MU_ENOMEM;
-    if (!c)
-        goto fail;
-    c->base = base;
-    c->log.fn = log_trampoline;
-    c->log.user = c;
-    c->log.level = MU_LOG_WARN;
-    c->user_log = stderr_log;
-    if ((st = apply_config(c, cfg)) != MU_OK)
-        goto fail;
-    st = MU_ENOMEM;
-    if (getrandom(&c->rng, sizeof c->rng, GRND_NONBLOCK) != sizeof c->rng)
-        c->rng = mu_now_us() ^ (uint64_t)(uintptr_t)c;
-    c->rng |= 1;
-    c->id_hi = mu_rand(&c->rng);
-    if (mu_encoder_init(&c->enc) != 0)
-        goto fail;
-    c->drain = event_new(base, -1, 0, on_drain, c);
-    c->view = mu_view_new(c->s.url_path, &c->log, &c->stats, on_group_changed, c);
-    mu_transport_opts to = {
-        .max_host_connections = mu_config_long(cfg, "max_connections_per_host"),
-        .max_connections = mu_config_long(cfg, "max_connections"),
-        .connect_timeout_ms = c->s.connect_timeout_ms,
-        .max_response = c->s.max_response,
-    };
-    c->tp = mu_transport_new(base, &to);
-    if (!c->drain || !c->view || !c->tp)
-        goto fail;
-    if (!c->s.json_headers) {
-        struct curl_slist *h = curl_slist_append(NULL, "Content-Type: application/json-rpc");
-        h = h ? curl_slist_append(h, "Accept: application/json-rpc") : NULL;
-        h = h ? curl_slist_append(h, "Expect:") : NULL;
-        if (!h)
-            goto fail;
-        c->headers = h;
-        h = curl_slist_append(NULL, "Content-Type: application/json-rpc");
-        h = h ? curl_slist_append(h, "Accept: application/json-rpc") : NULL;
-        h = h ? curl_slist_append(h, "Expect:") : NULL;
-        h = h ? curl_slist_append(h, "Connection: close") : NULL;
-        if (!h)
-            goto fail;
-        c->headers_close = h;
+    mu_proto proto = MU_PROTO_1_0_2;
+    if (c) {
+        c->base = base;
+        c->life.destroy = destroy;
+        c->life.owner = c;
+        c->log.fn = log_trampoline;
+        c->log.user = c;
+        c->user_log = stderr_log;
+        st = apply_config(c, cfg, &proto);
     }
-    const char *zk = mu_config_str(cfg, "zk_hosts");
-    if (*zk) {
-        c->reg = mu_registry_new(base, c->view, zk, (int)mu_config_long(cfg, "zk_session_timeout_ms"),
-                                 &c->log, &c->stats);
-        if (!c->reg) {
-            st = MU_EDISCOVERY;
-            goto fail;
-        }
+    if (st == MU_OK)
+        st = make_modules(c, cfg, proto);
+    if (st == MU_OK) {
+        /* Preload: resolving a target starts its load. */
+        mu_list_each(mu_config_str(cfg, "preload"), preload_one, c);
+        *out = c;
+    } else if (c) {
+        destroy(c);
     }
-    /* Preload: resolving a target starts its load. */
-    const char *pre = mu_config_str(cfg, "preload");
-    mu_map pl = {0};
-    load_list(&pl, pre);
-    size_t i = 0;
-    const char *k;
-    void *v;
-    while (mu_map_next(&pl, &i, &k, &v)) {
-        mu_status pst;
-        if (!mu_client_target(c, k, &pst))
-            mu_log(&c->log, MU_LOG_WARN, "preload: %s", c->errmsg);
-    }
-    mu_map_clear(&pl);
     mu_config_free(dflt);
-    *out = c;
-    return MU_OK;
-fail:
-    mu_config_free(dflt);
-    if (c)
-        mu_client_destroy(c);
     return st;
 }
 
-void mu_client_destroy(mu_client *c)
+static void free_maps(mu_client *c)
 {
-    c->dying = 1;
-    mu_calls_cancel_all(c);
-    /* Closing ZooKeeper runs its completions, which still use the view. */
-    mu_registry_free(c->reg);
-    c->reg = NULL;
-    mu_calls_free_spares(c);
-    mu_yajl_cache_clear(&c->ycache);
-    mu_view_free(c->view);
-    mu_transport_free(c->tp);
-    if (c->drain)
-        event_free(c->drain);
-    curl_slist_free_all(c->headers);
-    curl_slist_free_all(c->headers_close);
-    mu_encoder_cleanup(&c->enc);
-    free(c->s.auth_token);
     size_t i = 0;
     const char *k;
     void *v;
@@ -342,6 +413,27 @@ void mu_client_destroy(mu_client *c)
     mu_map_clear(&c->statics);
     mu_map_clear(&c->idempotent);
     mu_map_clear(&c->svc_policy);
+}
+
+/* Ends every call (each callback fires with MU_ECANCELLED), then frees
+ * every module, highest first. */
+static void destroy(void *owner)
+{
+    mu_client *c = owner;
+    c->life.state = MU_LIFE_GONE;
+    if (c->calls)
+        mu_calls_cancel_all(c->calls);
+    /* Closing ZooKeeper runs its completions, which still use the view. */
+    mu_registry_free(c->reg);
+    c->reg = NULL;
+    mu_calls_free(c->calls);
+    mu_view_free(c->view);
+    mu_health_free(c->health);
+    mu_transport_free(c->tp);
+    if (c->notify)
+        event_free(c->notify);
+    free(c->auth_token);
+    free_maps(c);
     for (mu_watch *w = c->watches, *n; w; w = n) {
         n = w->next;
         free(w->target);
@@ -352,27 +444,90 @@ void mu_client_destroy(mu_client *c)
 
 void mu_client_free(mu_client *c)
 {
-    if (!c)
+    if (!c || c->life.state == MU_LIFE_GONE)
         return;
-    if (c->in_log) {
-        /* From the log sink, which runs deep inside the client's own work:
-         * the drain event does it as soon as the loop turns. */
-        c->free_requested = 1;
-        event_active(c->drain, EV_TIMEOUT, 0);
+    if (c->life.sink) {
+        /* From the log sink, deep inside the client's own work: the
+         * client's event does it as soon as the loop turns (unless a
+         * callback below already freed it: then its return does). */
+        if (c->life.state == MU_LIFE_LIVE)
+            c->life.state = MU_LIFE_FREE_ASKED;
+        event_active(c->notify, EV_TIMEOUT, 0);
         return;
     }
-    c->free_requested = 0;
-    if (c->depth > 0) {
+    if (mu_life_busy(&c->life)) {
         /* Inside a callback: end the calls now, release the memory when the
          * outermost callback returns. */
-        if (!c->dying) {
-            c->dying = 1;
-            mu_calls_cancel_all(c);
+        if (c->life.state != MU_LIFE_DYING) {
+            c->life.state = MU_LIFE_DYING;
+            mu_calls_cancel_all(c->calls);
         }
         return;
     }
-    mu_client_destroy(c);
+    destroy(c);
 }
+
+/* --------------------------------------------------------------- calls */
+
+void mu_call_opts_init(mu_call_opts *opts)
+{
+    static const mu_call_opts init = MU_CALL_OPTS_INIT;
+    if (opts)
+        *opts = init;
+}
+
+/* The caller's options, of whatever version it was compiled against. */
+static int read_opts(mu_client *c, const mu_call_opts *opts, mu_call_opts *o)
+{
+    static const mu_call_opts init = MU_CALL_OPTS_INIT;
+    *o = init;
+    if (opts) {
+        size_t n = opts->size < sizeof *o ? opts->size : sizeof *o;
+        if (n < sizeof(size_t)) {
+            mu_fmt(c->errmsg, sizeof c->errmsg,
+                   "mu_call: opts->size is not set (use MU_CALL_OPTS_INIT)");
+            return -1;
+        }
+        memcpy(o, opts, n);
+    }
+    if (o->timeout_ms < 0 || o->deadline_ms < 0 || o->retries > 10 || o->retries < -1) {
+        mu_fmt(c->errmsg, sizeof c->errmsg,
+               "mu_call: bad option (timeout_ms and deadline_ms >= 0, retries -1 to 10)");
+        return -1;
+    }
+    return 0;
+}
+
+mu_status mu_call(mu_client *c, const char *target, const char *args, const char *kwargs,
+                  const mu_call_opts *opts, mu_call_cb cb, void *user, mu_call_id *id)
+{
+    if (!c)
+        return MU_EINVAL;
+    const char *refuse = c->life.state != MU_LIFE_LIVE ? "mu_call: the client is being freed"
+                         : c->life.sink                 ? "mu_call: not from inside the log sink"
+                         : !target || !cb ? "mu_call: target and callback must not be NULL"
+                                          : NULL;
+    mu_call_opts o;
+    if (refuse) {
+        mu_fmt(c->errmsg, sizeof c->errmsg, "%s", refuse);
+        return MU_EINVAL;
+    }
+    if (read_opts(c, opts, &o) != 0)
+        return MU_EINVAL;
+    mu_status st = MU_OK;
+    mu_target *t = resolve(c, target, &st);
+    if (!t)
+        return st;
+    return mu_calls_start(c->calls, t, target + t->split + 1, args, kwargs, &o, cb, user, id,
+                          c->errmsg, sizeof c->errmsg);
+}
+
+int mu_call_cancel(mu_client *c, mu_call_id id)
+{
+    return c ? mu_calls_cancel(c->calls, id) : 0;
+}
+
+/* -------------------------------------------------------------- the rest */
 
 void mu_client_set_log(mu_client *c, mu_log_level level, mu_log_fn fn, void *user)
 {
@@ -388,12 +543,18 @@ const char *mu_client_errmsg(const mu_client *c)
     return c ? c->errmsg : "";
 }
 
-void mu_client_stats_get(const mu_client *c, mu_client_stats *st)
+void mu_client_stats_get(const mu_client *c, mu_client_stats *st, size_t size)
 {
     if (!c || !st)
         return;
-    *st = c->stats;
-    st->connections = mu_transport_connections_opened(c->tp);
+    mu_client_stats all = c->stats;
+    all.connections = mu_transport_connections_opened(c->tp);
+    memcpy(st, &all, size < sizeof all ? size : sizeof all);
+}
+
+mu_registry *mu_client_registry(const mu_client *c)
+{
+    return c ? c->reg : NULL;
 }
 
 int mu_client_zk_connected(const mu_client *c)
@@ -401,66 +562,88 @@ int mu_client_zk_connected(const mu_client *c)
     return c && mu_registry_connected(c->reg);
 }
 
-/* ---------------------------------------------------------- introspection */
-
-mu_status mu_client_endpoints(mu_client *c, const char *target,
-                              void (*fn)(const mu_endpoint_info *eps, size_t n, void *user),
-                              void *user)
+const char *mu_version(void)
 {
-    if (!c || !target || !fn)
+    return MU_VERSION_STRING;
+}
+
+unsigned long mu_version_num(void)
+{
+    return MU_VERSION_NUM;
+}
+
+/* One visit of the endpoints: the infos and the pointers handed over. */
+static mu_status visit_endpoints(mu_client *c, mu_group *g, mu_endpoints_fn fn, void *user)
+{
+    size_t n = mu_pool_size(g->pool);
+    mu_endpoint_info *info = n ? calloc(n, sizeof *info) : NULL;
+    const mu_endpoint_info **ptrs = n ? calloc(n, sizeof *ptrs) : NULL;
+    if (n && (!info || !ptrs)) {
+        free(info);
+        free(ptrs);
+        return MU_ENOMEM;
+    }
+    uint64_t now = mu_now_us();
+    for (size_t i = 0; i < n; i++) {
+        mu_endpoint *e = mu_pool_get(g->pool, i);
+        info[i].address = e->key;
+        info[i].pending = e->pending;
+        info[i].calls = e->health.calls;
+        info[i].failures = e->health.failures;
+        info[i].down = !mu_health_up(e, now);
+        ptrs[i] = &info[i];
+    }
+    mu_life_enter(&c->life, 0);
+    fn(ptrs, n, user);
+    free(info);
+    free(ptrs);
+    mu_life_leave(&c->life, 0); /* may destroy the client */
+    return MU_OK;
+}
+
+mu_status mu_client_endpoints(mu_client *c, const char *target, mu_endpoints_fn fn, void *user)
+{
+    if (!c || !target || !fn || c->life.state != MU_LIFE_LIVE)
         return MU_EINVAL;
     mu_status tst;
-    mu_target *t = mu_client_target(c, target, &tst);
+    mu_target *t = resolve(c, target, &tst);
     if (!t)
         return tst;
     if (t->g->state == MU_GROUP_LOADING) {
         mu_fmt(c->errmsg, sizeof c->errmsg, "providers of %s are still loading", t->g->path);
         return MU_ENOPROVIDER;
     }
-    size_t n = mu_pool_size(t->g->pool);
-    mu_endpoint_info *info = n ? calloc(n, sizeof *info) : NULL;
-    if (n && !info)
-        return MU_ENOMEM;
-    uint64_t now = mu_now_us();
-    for (size_t i = 0; i < n; i++) {
-        mu_endpoint *e = mu_pool_get(t->g->pool, i);
-        info[i].address = e->key;
-        info[i].pending = e->pending;
-        info[i].calls = e->calls;
-        info[i].failures = e->failures;
-        info[i].down = e->down_until_us > now;
-    }
-    c->depth++;
-    fn(info, n, user);
-    c->depth--;
-    free(info);
-    if (c->dying && c->depth == 0)
-        mu_client_destroy(c);
-    return MU_OK;
+    return visit_endpoints(c, t->g, fn, user);
 }
 
-mu_status mu_client_watch(mu_client *c, const char *target,
-                          void (*fn)(const char *target, size_t n, void *user), void *user)
+static void unwatch(mu_client *c, mu_watch **pp)
 {
-    if (!c || !target)
+    mu_watch *w = *pp;
+    if (!w)
+        return;
+    if (mu_life_busy(&c->life)) {
+        w->fn = NULL; /* the notify event may be walking the list: it unlinks it */
+        w->dirty = 0;
+        return;
+    }
+    *pp = w->next;
+    free(w->target);
+    free(w);
+}
+
+mu_status mu_client_watch(mu_client *c, const char *target, mu_watch_fn fn, void *user)
+{
+    if (!c || !target || c->life.state != MU_LIFE_LIVE)
         return MU_EINVAL;
     mu_status tst;
-    mu_target *t = mu_client_target(c, target, &tst);
+    mu_target *t = resolve(c, target, &tst);
     if (!t)
         return tst;
     mu_watch **pp = &c->watches;
     while (*pp && strcmp((*pp)->target, target) != 0)
         pp = &(*pp)->next;
     if (!fn) {
-        if (*pp && c->depth > 0) {
-            (*pp)->fn = NULL; /* the drain may be walking the list: it unlinks it */
-            (*pp)->dirty = 0;
-        } else if (*pp) {
-            mu_watch *w = *pp;
-            *pp = w->next;
-            free(w->target);
-            free(w);
-        }
+        unwatch(c, pp);
         return MU_OK;
     }
     mu_watch *w = *pp;
@@ -477,12 +660,12 @@ mu_status mu_client_watch(mu_client *c, const char *target,
     w->user = user;
     if (t->g->state != MU_GROUP_LOADING) {
         w->dirty = 1;
-        mu_client_kick(c);
+        event_active(c->notify, EV_TIMEOUT, 0);
     }
     return MU_OK;
 }
 
-struct yajl_val_s *mu_result_parse(const mu_result *r, char *err, size_t errlen)
+yajl_val mu_result_parse(const mu_result *r, char *err, size_t errlen)
 {
     if (!r || !r->result)
         return NULL;

@@ -815,3 +815,27 @@ mu_status mu_decode_response(mu_decoder *d, const char *body, size_t len, long h
         return st;
     return envelope_reply(d, &e, json, json_len, http, expect_id, r);
 }
+
+/* ------------------------------------------------------------ variants */
+
+static const mu_proto_info protos[] = {
+    [MU_PROTO_1_0_2] = {"1.0.2", "/json/", 0, 0},
+    [MU_PROTO_1_0_3] = {"1.0.3", "/jsonp/", 0, 0},
+    [MU_PROTO_1_0_4] = {"1.0.4", "/jsonp/", 1, 0},
+    [MU_PROTO_1_0_8] = {"1.0.8", "/jsonp/", 1, 1},
+};
+
+const mu_proto_info *mu_proto_get(mu_proto p)
+{
+    return (unsigned)p < MU_ARRAY_LEN(protos) ? &protos[p] : &protos[0];
+}
+
+const mu_proto_info *mu_proto_find(const char *name, mu_proto *out)
+{
+    for (size_t i = 0; i < MU_ARRAY_LEN(protos); i++)
+        if (strcmp(protos[i].name, name) == 0) {
+            *out = (mu_proto)i;
+            return &protos[i];
+        }
+    return NULL;
+}

@@ -1,11 +1,17 @@
 /*
- * codec: the microutil wire format (PROTOCOL.md sections 3 and 4).
+ * codec: the microutil wire format (docs/protocol.md §3 and §4).
  *
  * Requests are built as a prefix that ends just before the request_id value
  * (the last member), so that each attempt only appends a fresh id.
  * Responses are decoded in place: flag byte, optional LZ4 block, a pickle of
  * exactly one str (nothing else is accepted, nothing is ever executed), then
  * the JSON envelope, whose "result" value is returned as a slice.
+ *
+ * Ownership (codec.c owns no state of its own):
+ *   mu_proto_info            a static const table in codec.c.
+ *   mu_encoder, mu_yajl_cache
+ *                            embedded in mu_calls (call.c), one per client.
+ *   mu_decoder, mu_reply     embedded in each call object (call.c).
  */
 #ifndef MU_CODEC_H
 #define MU_CODEC_H
@@ -15,6 +21,28 @@
 
 #define MU_DEFAULT_MAX_RESPONSE (64u * 1024u * 1024u)
 #define MU_AUTH_TOKEN_LEN 32 /* md5 hex digest */
+
+/* ------------------------------------------------------------ variants */
+
+/* The microutil variants (docs/protocol.md §5). */
+typedef enum mu_proto {
+    MU_PROTO_1_0_2 = 0,
+    MU_PROTO_1_0_3,
+    MU_PROTO_1_0_4, /* also 1.0.5 to 1.0.7 */
+    MU_PROTO_1_0_8,
+} mu_proto;
+
+/* What each variant needs: one table row each, in codec.c. */
+typedef struct mu_proto_info {
+    const char *name;  /* the `protocol` value */
+    const char *path;  /* default mount path */
+    int json_headers;  /* application/json, micro-request-id, micro-auth-token */
+    int per_service;   /* default registry layout */
+} mu_proto_info;
+
+/* The row for name, or NULL if unknown. */
+const mu_proto_info *mu_proto_find(const char *name, mu_proto *out);
+const mu_proto_info *mu_proto_get(mu_proto p);
 
 /* ------------------------------------------------------------ yajl memory */
 

@@ -1,4 +1,9 @@
-/* Internal helpers shared by every part. Not installed. */
+/* Internal helpers shared by every part. Not installed.
+ *
+ * Ownership:
+ *   mu_buf     owned by whatever struct embeds it.
+ *   mu_logger  embedded in struct mu_client (client.c); modules keep a
+ *              const pointer to it. */
 #ifndef MU_COMMON_H
 #define MU_COMMON_H
 
@@ -33,6 +38,12 @@ void mu_buf_free(mu_buf *b);
 
 /* snprintf into a fixed buffer, always terminated, truncation is fine. */
 void mu_fmt(char *dst, size_t cap, const char *fmt, ...) MU_PRINTF(3, 4);
+
+/* Calls fn for each item of a comma list, spaces around it trimmed (an
+ * item may be empty). Stops at the first non-zero return and returns it;
+ * else 0. The one parser of comma lists (config, static hosts). */
+int mu_list_each(const char *list, int (*fn)(const char *item, size_t len, void *user),
+                 void *user);
 
 /* Monotonic clock in microseconds. */
 uint64_t mu_now_us(void);

@@ -58,9 +58,9 @@ static const key_spec keys[] = {
      "doubles, jittered, within the deadline"},
     {"connect_backoff_max_ms", "250", K_INT, 1, 600000, NULL, "cap on that wait"},
     {"keepalive_stall_ms", "300", K_INT, 10, 3600000, NULL,
-     "an attempt on a new connection unanswered this long while later ones to the same "
-     "provider are answered marks a provider that serves one connection per worker: "
-     "connections to it are then used once"},
+     "an attempt on a new connection unanswered this long, while 4 answers came over kept "
+     "connections to the same provider, marks a provider that serves one connection per "
+     "worker: connections to it are then used once"},
     {"log_level", "warn", K_ENUM, 0, 0, "error|warn|info|debug", "default log sink level"},
 };
 
@@ -150,6 +150,24 @@ int mu_parse_hostport(const char *s, size_t len, char *host, size_t hostcap, int
     return 0;
 }
 
+typedef struct hosts_check {
+    mu_config *cfg;
+    const char *key, *value;
+} hosts_check;
+
+static int check_hostport(const char *item, size_t len, void *user)
+{
+    hosts_check *hc = user;
+    char host[64];
+    int port;
+    if (mu_parse_hostport(item, len, host, sizeof host, &port) == 0)
+        return 0;
+    mu_fmt(hc->cfg->error, sizeof hc->cfg->error,
+           "%s = '%s': '%.*s' is not host:port (port 1 to 65535)", hc->key, hc->value, (int)len,
+           item);
+    return -1;
+}
+
 static int check_value(mu_config *cfg, const char *key, enum kind kind, long min, long max,
                        const char *choices, const char *v)
 {
@@ -203,26 +221,8 @@ static int check_value(mu_config *cfg, const char *key, enum kind kind, long min
         return -1;
     }
     case K_HOSTS: {
-        const char *p = v;
-        while (*p) {
-            const char *comma = strchr(p, ',');
-            size_t l = comma ? (size_t)(comma - p) : strlen(p);
-            char host[64];
-            int port;
-            while (l && *p == ' ')
-                p++, l--;
-            while (l && p[l - 1] == ' ')
-                l--;
-            if (mu_parse_hostport(p, l, host, sizeof host, &port) != 0) {
-                mu_fmt(cfg->error, sizeof cfg->error,
-                       "%s = '%s': '%.*s' is not host:port (port 1 to 65535)", key, v, (int)l, p);
-                return -1;
-            }
-            if (!comma)
-                break;
-            p = comma + 1;
-        }
-        return 0;
+        hosts_check hc = {cfg, key, v};
+        return mu_list_each(v, check_hostport, &hc);
     }
     }
     return 0;
@@ -453,9 +453,7 @@ mu_status mu_config_load_env(mu_config *cfg)
     return MU_OK;
 }
 
-void mu_config_describe(void (*fn)(const char *key, const char *default_value, const char *help,
-                                   void *user),
-                        void *user)
+void mu_config_describe(mu_config_describe_fn fn, void *user)
 {
     for (size_t i = 0; i < N_KEYS; i++)
         fn(keys[i].name, keys[i].def, keys[i].help, user);

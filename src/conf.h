@@ -1,4 +1,7 @@
-/* config: the key table, validation, and typed access for the client. */
+/* config: the key table, validation, and typed access for the client.
+ * struct mu_config is private to conf.c and owned by the user
+ * (mu_config_new / mu_config_free); the client reads it only inside
+ * mu_client_new and keeps copies of what it needs. */
 #ifndef MU_CONF_H
 #define MU_CONF_H
 

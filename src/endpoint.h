@@ -1,33 +1,50 @@
 /*
- * One provider endpoint (host:port), shared by every method view that
- * lists it, so that its load and health are seen across methods. Owned by
- * the view's endpoint table; balance keeps its own index nodes in it.
+ * One provider endpoint (host:port), shared by every group that lists it,
+ * so that its load and health are seen across methods. Allocated and freed
+ * by the view (view.c) once no group and no attempt refers to it.
+ *
+ * Each part is written by one module only:
+ *   identity and lifetime  view.c
+ *   pending, members       balance.c (pending only via mu_endpoint_pending_add;
+ *                          view.c reads pending before freeing)
+ *   health                 health.c (balance.c reads down_until_us, call.c
+ *                          reads ended, client.c reads calls and failures)
+ *   lane (mu_lane)         call.c
+ * A separate allocation per module would need the view to call back into
+ * each one to free it; embedded sections keep one owner for the memory and
+ * one writer per field.
  */
 #ifndef MU_ENDPOINT_H
 #define MU_ENDPOINT_H
 
 #include <stdint.h>
 
+#include "health.h"
+
 struct mu_member;
+struct mu_call_handle;
+
+/* call.c's per-endpoint state: the attempts on it. */
+typedef struct mu_lane {
+    int active;  /* attempts handed to the transport */
+    struct mu_call_handle *queue_head, *queue_tail; /* waiting for a connection, in order */
+    struct mu_call_handle *run_head, *run_tail;     /* handed to the transport, oldest first */
+} mu_lane;
 
 typedef struct mu_endpoint {
+    /* view.c */
     char key[72];        /* "host:port", the identity */
     char host[64];
     int port;
-    char *url;           /* "http://host:port/json/", built by the view */
-    unsigned refs;       /* references from method views (view-owned) */
-    int pending;         /* calls in flight; change only via mu_endpoint_pending_add() */
-    uint64_t calls;      /* attempts sent */
-    uint64_t failures;   /* attempts that failed at the transport level */
-    unsigned fail_streak;    /* consecutive transport failures */
-    uint64_t down_until_us;  /* not picked before this (mu_now_us clock) while others are up */
-    struct mu_member *members; /* balance.c: one node per pool that holds this endpoint */
-    int active;          /* attempts handed to the transport (call.c) */
-    struct mu_call_handle *queue_head, *queue_tail; /* attempts waiting for a connection (call.c) */
-    struct mu_call_handle *run_head, *run_tail;     /* attempts handed to curl, oldest first (call.c) */
-    uint64_t done_seq;   /* attempts ended on it (call.c) */
-    uint64_t reuse_ok;   /* answers that came over a reused connection (call.c) */
-    int no_reuse;        /* it does not keep connections usable: one per call (call.c) */
+    char *url;           /* "http://host:port/json/" */
+    unsigned refs;       /* references from groups */
+    /* balance.c */
+    int pending;         /* attempts holding it (queued or in flight) */
+    struct mu_member *members; /* one node per pool that holds it */
+    /* health.c */
+    mu_health_ep health;
+    /* call.c */
+    mu_lane lane;
 } mu_endpoint;
 
 #endif

@@ -1,5 +1,8 @@
 /* map: a string-keyed hash table (open addressing, linear probing). Keys
- * are copied; values are borrowed pointers. */
+ * are copied; values are borrowed pointers.
+ * mu_map is embedded by its user (client.c's tables, the view's endpoints
+ * and groups, each group's znodes, the registry's watched groups), which
+ * frees the values; map.c owns the slots and the key copies. */
 #ifndef MU_MAP_H
 #define MU_MAP_H
 

@@ -1,7 +1,8 @@
 /*
  * outcome: the one classification of an attempt's end. Pure: facts in,
  * verdict out, no state, so that every case is table-tested
- * (tests/test_outcome.c). Owned by nobody: call.c asks, then acts.
+ * (tests/test_outcome.c). Owned by nobody: call.c asks, then acts;
+ * mu_attempt_facts and mu_outcome are values on call.c's stack.
  *
  * Inputs are what the transport and the decoder saw, plus whether the call
  * is idempotent. Outputs are the call's status if it ends here, whether

@@ -6,9 +6,18 @@
 #include <string.h>
 #include <zookeeper/zookeeper.h>
 
+#include "map.h"
 #include "zkloop.h"
 
+/* The registry's record of a group it lists and watches. */
+typedef struct watched {
+    mu_group *g;
+    int listing; /* a get_children is outstanding */
+    int relist;  /* a watch fired while listing */
+} watched;
+
 struct mu_registry {
+    mu_map watched; /* group path -> watched (owned) */
     mu_view *view;
     const mu_logger *log;
     mu_client_stats *stats;
@@ -25,20 +34,22 @@ struct mu_registry {
  * calls (with ZCLOSING) when a handle is closed. */
 typedef struct req {
     mu_registry *r;
+    watched *w;
     mu_group *g;
     char name[];
 } req;
 
-static void list_group(mu_registry *r, mu_group *g);
+static void list_group(mu_registry *r, watched *w);
 
-static req *req_new(mu_registry *r, mu_group *g, const char *name)
+static req *req_new(mu_registry *r, watched *w, const char *name)
 {
     size_t n = name ? strlen(name) + 1 : 1;
     req *q = malloc(sizeof *q + n);
     if (!q)
         return NULL;
     q->r = r;
-    q->g = g;
+    q->w = w;
+    q->g = w->g;
     memcpy(q->name, name ? name : "", n);
     return q;
 }
@@ -108,7 +119,7 @@ static void fetch_child(mu_group *g, const char *name, void *user)
     mu_registry *r = user;
     size_t pl = strlen(g->path) + strlen(name) + 2;
     char *path = malloc(pl);
-    req *q = req_new(r, g, name);
+    req *q = req_new(r, mu_map_get(&r->watched, g->path), name);
     int rc = ZSYSTEMERROR;
     if (path && q) {
         memcpy(path, g->path, strlen(g->path));
@@ -131,7 +142,7 @@ static void exists_done(int rc, const struct Stat *stat, const void *data)
     req *q = (req *)data;
     /* Created between our list and this check: list again. */
     if (rc == ZOK)
-        list_group(q->r, q->g);
+        list_group(q->r, q->w);
     free(q);
 }
 
@@ -141,9 +152,10 @@ static void children_done(int rc, const struct String_vector *strings, const str
     MU_UNUSED(stat);
     req *q = (req *)data;
     mu_registry *r = q->r;
-    mu_group *g = q->g;
+    watched *w = q->w;
+    mu_group *g = w->g;
     free(q);
-    g->listing = 0;
+    w->listing = 0;
     if (rc == ZOK) {
         mu_view_children(r->view, g, strings ? strings->data : NULL,
                          strings ? (size_t)strings->count : 0, fetch_child, r);
@@ -151,8 +163,8 @@ static void children_done(int rc, const struct String_vector *strings, const str
         mu_log(r->log, MU_LOG_INFO, "%s does not exist (no provider registered)", g->path);
         mu_view_nonode(r->view, g);
         /* A watch that fires when the path is created. */
-        req *e = req_new(r, g, NULL);
-        if (e && zoo_awexists(r->zh, g->path, child_watcher, g, exists_done, e) != ZOK)
+        req *e = req_new(r, w, NULL);
+        if (e && zoo_awexists(r->zh, g->path, child_watcher, w, exists_done, e) != ZOK)
             free(e);
     } else if (transient(rc)) {
         /* Listed again once connected. */
@@ -164,24 +176,25 @@ static void children_done(int rc, const struct String_vector *strings, const str
         mu_log(r->log, MU_LOG_WARN, "cannot list %s: %s", g->path, zerror(rc));
         mu_view_nonode(r->view, g);
     }
-    if (g->relist) {
-        g->relist = 0;
-        list_group(r, g);
+    if (w->relist) {
+        w->relist = 0;
+        list_group(r, w);
     }
 }
 
-static void list_group(mu_registry *r, mu_group *g)
+static void list_group(mu_registry *r, watched *w)
 {
     if (!r->zh || !r->connected)
         return; /* listed on (re)connect */
-    if (g->listing) {
-        g->relist = 1;
+    if (w->listing) {
+        w->relist = 1;
         return;
     }
-    req *q = req_new(r, g, NULL);
+    mu_group *g = w->g;
+    req *q = req_new(r, w, NULL);
     if (!q)
         return;
-    int rc = zoo_awget_children2(r->zh, g->path, child_watcher, g, children_done, q);
+    int rc = zoo_awget_children2(r->zh, g->path, child_watcher, w, children_done, q);
     if (rc != ZOK) {
         free(q);
         if (transient(rc)) {
@@ -192,7 +205,7 @@ static void list_group(mu_registry *r, mu_group *g)
         }
         return;
     }
-    g->listing = 1;
+    w->listing = 1;
     if (r->stats)
         r->stats->zk_get_children++;
     mu_zkloop_update(r->loop);
@@ -200,7 +213,18 @@ static void list_group(mu_registry *r, mu_group *g)
 
 void mu_registry_watch(mu_registry *r, mu_group *g)
 {
-    list_group(r, g);
+    watched *w = mu_map_get(&r->watched, g->path);
+    if (!w) {
+        w = calloc(1, sizeof *w);
+        if (!w || mu_map_put(&r->watched, g->path, w) != 0) {
+            free(w);
+            mu_log(r->log, MU_LOG_ERROR, "out of memory watching %s", g->path);
+            mu_view_nonode(r->view, g); /* ends the wait of its calls */
+            return;
+        }
+        w->g = g;
+    }
+    list_group(r, w);
 }
 
 /* --------------------------------------------------------------- session */
@@ -221,12 +245,12 @@ static int open_handle(mu_registry *r)
 static void relist_all(mu_registry *r)
 {
     size_t i = 0;
-    mu_group *g;
-    while (mu_view_next_group(r->view, &i, &g)) {
-        if (g->is_static)
-            continue;
-        g->listing = 0; /* requests of a lost session never complete as OK */
-        list_group(r, g);
+    const char *k;
+    void *v;
+    while (mu_map_next(&r->watched, &i, &k, &v)) {
+        watched *w = v;
+        w->listing = 0; /* requests of a lost session never complete as OK */
+        list_group(r, w);
     }
 }
 
@@ -274,9 +298,10 @@ static void on_renew(evutil_socket_t fd, short what, void *arg)
         zookeeper_close(old); /* completions run with ZCLOSING */
     }
     size_t i = 0;
-    mu_group *g;
-    while (mu_view_next_group(r->view, &i, &g))
-        g->listing = 0;
+    const char *k;
+    void *v;
+    while (mu_map_next(&r->watched, &i, &k, &v))
+        ((watched *)v)->listing = 0;
     if (open_handle(r) != 0) {
         /* A name in zk_hosts that does not resolve right now, say: try again. */
         static const struct timeval again = {1, 0};
@@ -317,6 +342,12 @@ void mu_registry_free(mu_registry *r)
     if (r->renew)
         event_free(r->renew);
     mu_zkloop_free(r->loop);
+    size_t i = 0;
+    const char *k;
+    void *v;
+    while (mu_map_next(&r->watched, &i, &k, &v))
+        free(v);
+    mu_map_clear(&r->watched);
     free(r->hosts);
     free(r);
 }

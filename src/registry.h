@@ -4,6 +4,10 @@
  * data of new children only, and feeds the view. It survives disconnects
  * (the view keeps serving) and session expiry (a new session re-lists every
  * group; the view swaps a group's set only once its new list is complete).
+ *
+ * mu_registry is private to registry.c and made and freed by client.c
+ * (NULL without ZooKeeper). It owns the zhandle_t, its mu_zkloop, one
+ * record per watched group and one per outstanding request.
  */
 #ifndef MU_REGISTRY_H
 #define MU_REGISTRY_H

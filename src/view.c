@@ -340,7 +340,7 @@ void mu_view_child_data(mu_view *v, mu_group *g, const char *name, const char *d
         mu_map_del(&g->znodes, name);
         free(z);
     } else {
-        char host[64], why[160];
+        char host[64], why[160] = "out of memory";
         int port;
         if (mu_parse_child_data(data, len, host, sizeof host, &port, why, sizeof why) == 0 &&
             (z->ep = endpoint_ref(v, host, port)) != NULL) {
@@ -377,55 +377,50 @@ void mu_view_nonode(mu_view *v, mu_group *g)
         apply(v, g, MU_GROUP_NONODE);
 }
 
+typedef struct static_fill {
+    mu_view *v;
+    mu_group *g;
+    char **names;
+    size_t n;
+} static_fill;
+
+/* One "host:port" of a static list: a znode-like entry named by it. */
+static int add_static(const char *item, size_t len, void *user)
+{
+    static_fill *sf = user;
+    char host[64], key[96];
+    int port;
+    if (mu_parse_hostport(item, len, host, sizeof host, &port) != 0)
+        return 0; /* validated by the config already */
+    mu_fmt(key, sizeof key, "%s:%d", host, port);
+    char **nn = realloc(sf->names, (sf->n + 1) * sizeof *nn);
+    if (!nn)
+        return -1;
+    sf->names = nn;
+    if (!(nn[sf->n] = strdup(key)))
+        return -1;
+    sf->n++;
+    if (mu_map_get(&sf->g->znodes, key))
+        return 0;
+    struct znode *z = calloc(1, sizeof *z);
+    if (z && (z->ep = endpoint_ref(sf->v, host, port)) && mu_map_put(&sf->g->znodes, key, z) == 0) {
+        z->state = Z_OK;
+        return 0;
+    }
+    if (z && z->ep)
+        endpoint_unref(sf->v, z->ep);
+    free(z);
+    return 0;
+}
+
 int mu_view_set_static(mu_view *v, mu_group *g, const char *hosts)
 {
     g->is_static = 1;
-    char **names = NULL;
-    size_t n = 0;
-    const char *p = hosts;
-    int rc = 0;
-    while (*p) {
-        const char *comma = strchr(p, ',');
-        size_t l = comma ? (size_t)(comma - p) : strlen(p);
-        while (l && *p == ' ')
-            p++, l--;
-        while (l && p[l - 1] == ' ')
-            l--;
-        char host[64];
-        int port;
-        if (mu_parse_hostport(p, l, host, sizeof host, &port) == 0) {
-            char key[96];
-            mu_fmt(key, sizeof key, "%s:%d", host, port);
-            char **nn = realloc(names, (n + 1) * sizeof *names);
-            if (!nn) {
-                rc = -1;
-                break;
-            }
-            names = nn;
-            names[n] = strdup(key);
-            if (!names[n]) {
-                rc = -1;
-                break;
-            }
-            if (!mu_map_get(&g->znodes, key)) {
-                struct znode *z = calloc(1, sizeof *z);
-                if (z && (z->ep = endpoint_ref(v, host, port)) && mu_map_put(&g->znodes, key, z) == 0)
-                    z->state = Z_OK;
-                else {
-                    if (z && z->ep)
-                        endpoint_unref(v, z->ep);
-                    free(z);
-                }
-            }
-            n++;
-        }
-        if (!comma)
-            break;
-        p = comma + 1;
-    }
+    static_fill sf = {v, g, NULL, 0};
+    int rc = mu_list_each(hosts, add_static, &sf);
     free_latest(g);
-    g->latest = names;
-    g->nlatest = n;
+    g->latest = sf.names;
+    g->nlatest = sf.n;
     g->have_latest = 1;
     apply(v, g, MU_GROUP_READY);
     return rc;

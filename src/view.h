@@ -10,6 +10,13 @@
  *
  * A refresh never empties a group by accident: a new child list is applied
  * only once the data of every new child has arrived.
+ *
+ * Ownership:
+ *   mu_view      private to view.c; made and freed by client.c.
+ *   mu_group     owned by the view (view.c allocates and frees it); only
+ *                view.c writes it; call.c, client.c and registry.c read it.
+ *                Its pool belongs to it (see balance.h).
+ *   mu_endpoint  owned by the view (endpoint.h).
  */
 #ifndef MU_VIEW_H
 #define MU_VIEW_H
@@ -35,10 +42,7 @@ typedef struct mu_group {
     size_t nlatest;
     int have_latest;
     int fetching;          /* child gets outstanding */
-    int listing;           /* a get_children is outstanding */
-    int relist;            /* a watch fired while listing */
     int incomplete;        /* a child get failed: wait for the next list */
-    void *waiters;         /* owned by the call layer: calls waiting for the first load */
 } mu_group;
 
 typedef struct mu_view mu_view;
@@ -78,8 +82,8 @@ void mu_view_nonode(mu_view *v, mu_group *g);
 
 /* --- used by calls -------------------------------------------------------- */
 
-/* Drops a reference held by an in-flight attempt (after pending_add(-1));
- * frees the endpoint once nothing refers to it. */
+/* Called after an attempt let go of e (mu_endpoint_pending_add(e, -1)):
+ * frees e if no group lists it and no attempt holds it any more. */
 void mu_view_endpoint_release(mu_view *v, mu_endpoint *e);
 
 /* Parses child data {"host": "...", "port": N or "N"}. 0 on success, else

@@ -4,6 +4,7 @@
  * how long; we arm one fd event and one timer, and call zookeeper_process()
  * when either fires. The handle is not owned: the caller closes it, but
  * never from inside a ZooKeeper callback (detach first, then close).
+ * mu_zkloop is private to zkloop.c; the registry makes and frees its one.
  */
 #ifndef MU_ZKLOOP_H
 #define MU_ZKLOOP_H

@@ -169,7 +169,7 @@ static void test_empty_and_single(void **state)
     mu_endpoint *ep = eps_new(1);
     assert_int_equal(mu_pool_set(p, (mu_endpoint *[]){&ep[0]}, 1), 0);
     mu_endpoint *avoid[] = {&ep[0]};
-    ep[0].down_until_us = NOW + 1;
+    ep[0].health.down_until_us = NOW + 1;
     for (size_t i = 0; i < MU_ARRAY_LEN(all_policies); i++)
         assert_ptr_equal(mu_pool_pick(p, all_policies[i], avoid, 1, NOW, &rng), &ep[0]);
     assert_int_equal(mu_pool_set(p, NULL, 0), 0);
@@ -484,9 +484,9 @@ static void test_avoid(void **state)
         mu_endpoint *all[] = {&ep[2], &ep[0], &ep[1]};
         assert_ptr_equal(mu_pool_pick(p, pol, all, 3, NOW, &rng), &ep[2]);
         /* ... unless it is down: an up one first */
-        ep[2].down_until_us = NOW + 10;
+        ep[2].health.down_until_us = NOW + 10;
         assert_ptr_equal(mu_pool_pick(p, pol, all, 3, NOW, &rng), &ep[0]);
-        ep[2].down_until_us = 0;
+        ep[2].health.down_until_us = 0;
         CHECK(p);
     }
     mu_pool_free(p);
@@ -502,8 +502,8 @@ static void test_down(void **state)
     for (size_t k = 0; k < MU_ARRAY_LEN(all_policies); k++) {
         mu_policy pol = all_policies[k];
         uint64_t now = NOW + k * 1000;
-        ep[0].down_until_us = now + 100;
-        ep[2].down_until_us = now + 200;
+        ep[0].health.down_until_us = now + 100;
+        ep[2].health.down_until_us = now + 200;
         /* down ones are skipped while any other is up, even when loaded */
         mu_endpoint_pending_add(&ep[1], 5);
         for (int i = 0; i < 200; i++) {
@@ -518,8 +518,8 @@ static void test_down(void **state)
             assert_true(e == &ep[0] || e == &ep[2]);
         }
         /* all down: still an answer, spread by the policy */
-        ep[1].down_until_us = now + 300;
-        ep[3].down_until_us = now + 400;
+        ep[1].health.down_until_us = now + 300;
+        ep[3].health.down_until_us = now + 400;
         size_t seen[4] = {0};
         for (int i = 0; i < 400; i++)
             seen[idx_of(ep, mu_pool_pick(p, pol, NULL, 0, now, &rng))]++;
@@ -533,7 +533,7 @@ static void test_down(void **state)
         for (int i = 0; i < 50; i++)
             assert_ptr_equal(mu_pool_pick(p, pol, NULL, 0, now + 150, &rng), &ep[0]);
         /* a success clears one early (call.c clears, then ends the attempt) */
-        ep[3].down_until_us = 0;
+        ep[3].health.down_until_us = 0;
         mu_endpoint_pending_add(&ep[3], +1);
         mu_endpoint_pending_add(&ep[3], -1);
         for (int i = 0; i < 50; i++) {
@@ -541,7 +541,7 @@ static void test_down(void **state)
             assert_true(e == &ep[0] || e == &ep[3]);
         }
         for (int i = 0; i < 4; i++)
-            ep[i].down_until_us = 0;
+            ep[i].health.down_until_us = 0;
         mu_endpoint_pending_add(&ep[1], -5);
         for (int i = 0; i < 8; i++)
             (void)mu_pool_pick(p, pol, NULL, 0, now + 1000, &rng);
@@ -561,7 +561,7 @@ static void test_lp_parking(void **state)
     mu_pool *p = pool_of(ep, N);
     uint64_t rng = 31;
     for (int i = 0; i < N; i += 2)
-        ep[i].down_until_us = NOW + 1000 + (uint64_t)(i * 7 % 13);
+        ep[i].health.down_until_us = NOW + 1000 + (uint64_t)(i * 7 % 13);
     size_t inflight_n = 0;
     mu_endpoint *inflight[64];
     for (int k = 0; k < 5000; k++) {
@@ -580,8 +580,8 @@ static void test_lp_parking(void **state)
     }
     assert_int_equal(p->nheap, N / 2);
     /* one extended while parked, one cleared */
-    ep[0].down_until_us = NOW + 5000;
-    ep[2].down_until_us = 0;
+    ep[0].health.down_until_us = NOW + 5000;
+    ep[2].health.down_until_us = 0;
     mu_endpoint_pending_add(&ep[2], +1);
     mu_endpoint_pending_add(&ep[2], -1);
     assert_int_equal(p->nheap, N / 2 - 1);
@@ -614,7 +614,7 @@ static void test_set_diff_with_pending(void **state)
     mu_endpoint_pending_add(&ep[0], 2);
     mu_endpoint_pending_add(&ep[1], 1);
     mu_endpoint_pending_add(&ep[5], 3); /* not in the pool yet */
-    ep[2].down_until_us = NOW + 100;
+    ep[2].health.down_until_us = NOW + 100;
     (void)mu_pool_pick(p, MU_POLICY_LEAST_PENDING, NULL, 0, NOW, &rng); /* parks 2 */
     assert_int_equal(p->nheap, 1);
     CHECK(p);
@@ -743,7 +743,7 @@ static void test_fuzz(void **state)
             assert_int_equal(mu_pool_set(q, v, n), 0);
         } else if (op < 6) {
             mu_endpoint *e = &ep[rand_below(&rng, N)];
-            e->down_until_us = rand_below(&rng, 2) ? now + rand_below(&rng, 5000) : 0;
+            e->health.down_until_us = rand_below(&rng, 2) ? now + rand_below(&rng, 5000) : 0;
             mu_endpoint_pending_add(e, +1); /* as call.c: marked, then the attempt ends */
             mu_endpoint_pending_add(e, -1);
         } else if (op < 8) {

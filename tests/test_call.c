@@ -8,6 +8,7 @@
 
 #include <math.h>
 #include <yajl/yajl_tree.h>
+#include <microutil/microutil_yajl.h>
 #include <signal.h>
 
 #include "testbed.h"
@@ -310,7 +311,7 @@ static void test_10000_calls_500_in_flight(void **state)
     for (int i = 0; i < 10000; i++)
         assert_int_equal(e.seen[i], 1);
     mu_client_stats st;
-    mu_client_stats_get(c, &st);
+    mu_client_stats_get(c, &st, sizeof st);
     print_message("10000 calls, 500 in flight: %llu connections opened\n", st.connections);
     assert_true(st.connections <= 3 * 32 + 10); /* keep-alive, capped per host */
     free(e.seen);
@@ -416,7 +417,7 @@ static void parse_cb(const mu_result *r, void *user)
 {
     int *ok = user;
     char err[128];
-    struct yajl_val_s *v = mu_result_parse(r, err, sizeof err);
+    yajl_val v = mu_result_parse(r, err, sizeof err);
     const char *path[] = {"kwargs", "k", NULL};
     yajl_val k = v ? yajl_tree_get(v, path, yajl_t_string) : NULL;
     const char *text = k ? YAJL_GET_STRING(k) : NULL;
@@ -533,7 +534,7 @@ static void test_per_endpoint_queue(void **state)
     ordered ord = {{0}, 0};
     slot s[10];
     memset(s, 0, sizeof s);
-    mu_call_handle *h9 = NULL;
+    mu_call_id h9 = 0;
     for (int i = 0; i < 10; i++) {
         s[i].o = &ord;
         s[i].id = i;
@@ -543,7 +544,7 @@ static void test_per_endpoint_queue(void **state)
         assert_int_equal(mu_call(c, "q:echo", NULL, NULL, &opt, slot_cb, &s[i], i == 9 ? &h9 : NULL),
                          MU_OK);
     }
-    mu_call_cancel(h9); /* queued: ends at once */
+    assert_int_equal(mu_call_cancel(c, h9), 1); /* queued: ends at once */
     assert_int_equal(s[9].out.status, MU_ECANCELLED);
     assert_true(tu_run_until(base, all_fired, s, 10000));
     tu_run_for(base, 200);
@@ -559,7 +560,7 @@ static void test_per_endpoint_queue(void **state)
     for (int i = 0; i + 2 < 8; i++)
         assert_true(pos[i] < pos[i + 2]);
     mu_client_stats st;
-    mu_client_stats_get(c, &st);
+    mu_client_stats_get(c, &st, sizeof st);
     assert_true(st.connections <= 2);
     mu_client_free(c);
     tb_provider_free(p);
@@ -627,12 +628,24 @@ static void test_cancel_and_free(void **state)
 
     /* Cancel: the callback fires at once with MU_ECANCELLED, and only once. */
     tu_outcome o = {0};
-    mu_call_handle *h = NULL;
+    mu_call_id h = 0;
     assert_int_equal(mu_call(c, "slowc:echo", NULL, NULL, NULL, tu_record, &o, &h), MU_OK);
     tu_run_for(base, 50);
     assert_int_equal(o.fired, 0);
-    mu_call_cancel(h);
+    assert_int_equal(mu_call_cancel(c, h), 1);
     assert_int_equal(o.fired, 1);
+    /* Cancelling it again, after its callback ran, does nothing, though the
+     * next call reuses its call object. */
+    tu_outcome o2 = {0};
+    mu_call_id h2 = 0;
+    assert_int_equal(mu_call(c, "slowc:echo", NULL, NULL, NULL, tu_record, &o2, &h2), MU_OK);
+    assert_true(h2 != h);
+    assert_int_equal(mu_call_cancel(c, h), 0);
+    assert_int_equal(o.fired, 1);
+    assert_int_equal(o2.fired, 0);
+    assert_true(tu_run_until(base, tu_fired, &o2, 5000));
+    assert_int_equal(o2.status, MU_OK);
+    assert_int_equal(mu_call_cancel(c, h2), 0);
     assert_int_equal(o.status, MU_ECANCELLED);
     tu_run_for(base, 700);
     assert_int_equal(o.fired, 1);
@@ -697,6 +710,30 @@ static void test_free_from_callback(void **state)
     tb_provider_free(s);
 }
 
+/* The ABI can grow: the caller's size bounds what the library writes. */
+static void test_abi(void **state)
+{
+    (void)state;
+    assert_string_equal(mu_version(), MU_VERSION_STRING);
+    assert_int_equal(mu_version_num(), MU_VERSION_NUM);
+    mu_client *c = client(tu_config(NULL));
+    unsigned char buf[sizeof(mu_client_stats) + 16];
+    memset(buf, 0xab, sizeof buf);
+    size_t old = offsetof(mu_client_stats, calls_started); /* an older, shorter struct */
+    mu_client_stats_get(c, (mu_client_stats *)(void *)buf, old);
+    for (size_t i = old; i < sizeof buf; i++)
+        assert_int_equal(buf[i], 0xab);
+    mu_client_stats full;
+    memset(&full, 0xab, sizeof full);
+    mu_client_stats_get(c, &full, sizeof full);
+    assert_int_equal(full.calls_started, 0);
+    /* Ids nobody gave, and of another client, are refused. */
+    assert_int_equal(mu_call_cancel(c, 0), 0);
+    assert_int_equal(mu_call_cancel(c, 0xffffffffffffffffull), 0);
+    assert_int_equal(mu_call_cancel(c, (1ull << 32) | 1u), 0);
+    mu_client_free(c);
+}
+
 static void test_misuse(void **state)
 {
     (void)state;
@@ -720,7 +757,7 @@ static void test_misuse(void **state)
     assert_int_equal(o.fired, 0); /* no callback for a refused call */
     mu_client_free(c);
     mu_client_free(NULL);
-    mu_call_cancel(NULL);
+    assert_int_equal(mu_call_cancel(NULL, 1), 0);
 }
 
 /* ---------------------------------------------------- reentrancy edges */
@@ -758,13 +795,13 @@ static void test_reentrant_edges(void **state)
     /* Cancel a call whose outcome is known but not delivered yet: the
      * callback fires inside cancel, once. */
     tu_outcome d = {0};
-    mu_call_handle *h = NULL;
+    mu_call_id h = 0;
     assert_int_equal(mu_call(c, "re:no_such_method_node", NULL, NULL, NULL, tu_record, &d, &h), MU_OK);
     tu_run_for(base, 300); /* loaded: no node, so the outcome is queued at once */
     tu_outcome d2 = {0};
     assert_int_equal(mu_call(c, "re:no_such_method_node", NULL, NULL, NULL, tu_record, &d2, &h), MU_OK);
     assert_int_equal(d2.fired, 0);
-    mu_call_cancel(h);
+    assert_int_equal(mu_call_cancel(c, h), 1);
     assert_int_equal(d2.fired, 1);
     assert_int_equal(d2.status, MU_ECANCELLED);
     tu_run_for(base, 50);
@@ -910,6 +947,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_cancel_and_free, setup, teardown),
         cmocka_unit_test_setup_teardown(test_free_from_callback, setup, teardown),
         cmocka_unit_test_setup_teardown(test_misuse, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_abi, setup, teardown),
         cmocka_unit_test_setup_teardown(test_reentrant_edges, setup, teardown),
         cmocka_unit_test_setup_teardown(test_drain_does_not_starve_the_loop, setup, teardown),
         cmocka_unit_test_setup_teardown(test_free_from_log_sink, setup, teardown),

@@ -56,11 +56,11 @@ typedef struct count_ctx {
     char first[72];
 } count_ctx;
 
-static void count_cb(const mu_endpoint_info *eps, size_t n, void *user)
+static void count_cb(const mu_endpoint_info *const *eps, size_t n, void *user)
 {
     count_ctx *cc = user;
     cc->n = n;
-    snprintf(cc->first, sizeof cc->first, "%s", n ? eps[0].address : "");
+    snprintf(cc->first, sizeof cc->first, "%s", n ? eps[0]->address : "");
 }
 
 static long endpoints(mu_client *c, const char *target)
@@ -76,12 +76,12 @@ typedef struct calls_ctx {
     unsigned long long calls;
 } calls_ctx;
 
-static void calls_cb(const mu_endpoint_info *eps, size_t n, void *user)
+static void calls_cb(const mu_endpoint_info *const *eps, size_t n, void *user)
 {
     calls_ctx *cc = user;
     for (size_t i = 0; i < n; i++)
-        if (strcmp(eps[i].address, cc->addr) == 0)
-            cc->calls = eps[i].calls;
+        if (strcmp(eps[i]->address, cc->addr) == 0)
+            cc->calls = eps[i]->calls;
 }
 
 /* Attempts sent to one endpoint, as introspection reports them. */
@@ -129,11 +129,11 @@ static void test_view_follows_each_change(void **state)
     tb_provider *p[3];
     for (int i = 0; i < 3; i++) {
         mu_client_stats before, after;
-        mu_client_stats_get(f.c, &before);
+        mu_client_stats_get(f.c, &before, sizeof before);
         p[i] = tb_provider_start(tb_zk_connstr(zk), args);
         assert_non_null(p[i]);
         assert_true(wait_endpoints(&f, t, i + 1, 10000));
-        mu_client_stats_get(f.c, &after);
+        mu_client_stats_get(f.c, &after, sizeof after);
         if (i > 0) {
             /* One child joining costs one get_children and one get. */
             assert_int_equal(after.zk_get_children - before.zk_get_children, 1);
@@ -157,11 +157,11 @@ static void test_view_follows_each_change(void **state)
 
     for (int i = 0; i < 3; i++) {
         mu_client_stats before, after;
-        mu_client_stats_get(f.c, &before);
+        mu_client_stats_get(f.c, &before, sizeof before);
         assert_int_equal(tb_provider_kill(p[i], SIGTERM), 0);
         tb_provider_free(p[i]);
         assert_true(wait_endpoints(&f, t, 2 - i, 10000));
-        mu_client_stats_get(f.c, &after);
+        mu_client_stats_get(f.c, &after, sizeof after);
         /* A child leaving costs one get_children and no get. */
         assert_int_equal(after.zk_get - before.zk_get, 0);
     }
@@ -190,7 +190,7 @@ static void test_cold_load_1000(void **state)
     assert_true(wait_endpoints(&f, "bulk:m", 1000, 20000));
     unsigned long long ms = tu_now_ms() - t0;
     mu_client_stats st;
-    mu_client_stats_get(f.c, &st);
+    mu_client_stats_get(f.c, &st, sizeof st);
     print_message("cold load of 1000 providers: %llu ms, %llu get_children, %llu gets\n", ms,
                   st.zk_get_children, st.zk_get);
     assert_int_equal(st.zk_get, 1000);
@@ -204,7 +204,7 @@ static void test_cold_load_1000(void **state)
                      0);
     assert_true(wait_endpoints(&f, "bulk:m", 1001, 10000));
     mu_client_stats st2;
-    mu_client_stats_get(f.c, &st2);
+    mu_client_stats_get(f.c, &st2, sizeof st2);
     assert_int_equal(st2.zk_get - st.zk_get, 1);
     assert_int_equal(st2.zk_get_children - st.zk_get_children, 1);
     fx_close(&f);
@@ -226,7 +226,7 @@ static void test_duplicates_and_bad_data(void **state)
         assert_int_equal(tb_zkc_create(z, "/dubbo/dup/whoami/provider/", bad[i], (int)strlen(bad[i]),
                                        ZOO_EPHEMERAL | ZOO_SEQUENCE, NULL, 0),
                          0);
-    /* A string port is accepted (PROTOCOL.md: both forms exist). */
+    /* A string port is accepted (docs/protocol.md §2.2: both forms exist). */
     char good[80];
     int n = snprintf(good, sizeof good, "{\"host\": \"127.0.0.1\", \"port\": \"%d\"}",
                      tb_provider_port(p));
@@ -245,7 +245,7 @@ static void test_duplicates_and_bad_data(void **state)
     /* 3 + 1 children for one host:port: one endpoint. */
     assert_int_equal(endpoints(f.c, "dup:whoami"), 1);
     mu_client_stats st;
-    mu_client_stats_get(f.c, &st);
+    mu_client_stats_get(f.c, &st, sizeof st);
     assert_int_equal(st.znodes_skipped, 7); /* the provider's own bad node + 6 */
     fx_close(&f);
     tb_zkc_close(z);
@@ -255,7 +255,7 @@ static void test_duplicates_and_bad_data(void **state)
 static int loaded_1(void *arg)
 {
     mu_client_stats st;
-    mu_client_stats_get(arg, &st);
+    mu_client_stats_get(arg, &st, sizeof st);
     return st.zk_get >= 1;
 }
 
@@ -271,7 +271,7 @@ static void test_preload(void **state)
     assert_true(tu_run_until(f.base, loaded_1, f.c, 10000));
     assert_int_equal(endpoints(f.c, "pre:whoami"), 1);
     mu_client_stats st;
-    mu_client_stats_get(f.c, &st);
+    mu_client_stats_get(f.c, &st, sizeof st);
     assert_int_equal(st.calls_started, 0);
     assert_int_equal(st.zk_get_children, 2); /* both preload targets listed */
     fx_close(&f);
@@ -299,7 +299,7 @@ static void test_unreadable_child(void **state)
         fail_msg("%s: %s", mu_status_name(o.status), o.detail);
     assert_int_equal(endpoints(f.c, "acl:whoami"), 1);
     mu_client_stats st;
-    mu_client_stats_get(f.c, &st);
+    mu_client_stats_get(f.c, &st, sizeof st);
     assert_int_equal(st.znodes_skipped, 1);
     fx_close(&f);
     tb_zkc_close(z);
@@ -475,7 +475,7 @@ static void watch_cb(const char *target, size_t n, void *user)
 static int sessions_2(void *arg)
 {
     mu_client_stats st;
-    mu_client_stats_get(arg, &st);
+    mu_client_stats_get(arg, &st, sizeof st);
     return st.zk_sessions >= 2 && mu_client_zk_connected(arg);
 }
 
@@ -492,7 +492,7 @@ static void test_session_expiry(void **state)
     assert_int_equal(mu_client_watch(f.c, "micro:whoami", watch_cb, &lw), MU_OK);
     tu_run_for(f.base, 100);
 
-    zhandle_t *zh = mu_registry_zhandle(f.c->reg);
+    zhandle_t *zh = mu_registry_zhandle(mu_client_registry(f.c));
     assert_non_null(zh);
     clientid_t id = *zoo_client_id(zh);
     assert_int_equal(tb_zk_expire_session(tb_zk_connstr(zk), &id), 0);
@@ -526,7 +526,7 @@ static void test_ensemble_failover(void **state)
     fx_open(&f, tu_config("zk_hosts", tb_ensemble_connstr(e), "zk_session_timeout_ms", "20000",
                           NULL));
     assert_true(wait_endpoints(&f, "micro:whoami", 1, 20000));
-    const char *cur = zoo_get_current_server(mu_registry_zhandle(f.c->reg));
+    const char *cur = zoo_get_current_server(mu_registry_zhandle(mu_client_registry(f.c)));
     assert_non_null(cur);
     int victim = -1;
     for (int i = 0; i < 3; i++) {
@@ -543,7 +543,7 @@ static void test_ensemble_failover(void **state)
     assert_int_equal(tb_ensemble_stop_member(e, victim), 0);
     tu_run_for(f.base, 500);
     assert_true(tu_run_until(f.base, zk_up, f.c, 30000));
-    const char *now = zoo_get_current_server(mu_registry_zhandle(f.c->reg));
+    const char *now = zoo_get_current_server(mu_registry_zhandle(mu_client_registry(f.c)));
     char old[64];
     snprintf(old, sizeof old, "127.0.0.1:%d", tb_ensemble_member_port(e, victim));
     assert_string_not_equal(now, old);

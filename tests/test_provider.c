@@ -1,6 +1,6 @@
 /*
  * Integration test of the test provider (tests/provider/mu-provider) against
- * the captured 1.0.2 vectors and PROTOCOL.md, on a real ZooKeeper. The other
+ * the captured 1.0.2 vectors and docs/protocol.md, on a real ZooKeeper. The other
  * integration tests trust the provider; this test is why they may.
  */
 #include <stdarg.h>
@@ -29,7 +29,7 @@ static tb_zkc *g_zkc;
 static tb_provider *g_main;
 static tb_provider *g_tp[4]; /* per-test providers, freed by teardown */
 
-/* The methods PROTOCOL.md section 7 says the captured provider served. */
+/* The methods docs/protocol.md §7 says the captured provider served. */
 static const char *const k_methods[] = {"HttpRpcService.get_string_v1", "echo", "unicode_name",
                                         "nothing", "mixed", "big", "fail"};
 #define N_METHODS (sizeof k_methods / sizeof k_methods[0])
@@ -183,7 +183,7 @@ static void hexdump_at(const char *what, const unsigned char *p, size_t len, siz
     print_error("  %s bytes %zu..%zu:%s\n", what, from, to, k ? line : " (none)");
 }
 
-/* The one string a pickle of the subset in PROTOCOL.md section 4 holds. */
+/* The one string a pickle of the subset in docs/protocol.md §4.3 holds. */
 struct pickle_info {
     int proto;
     int framed;

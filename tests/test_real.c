@@ -320,7 +320,7 @@ static void test_split_writes(void **state)
     load_begin(&l, c, "split:echo", 200, 4);
     load_finish(&l, 20000);
     mu_client_stats st;
-    mu_client_stats_get(c, &st);
+    mu_client_stats_get(c, &st, sizeof st);
     assert_true(st.connections <= 8); /* kept alive, not one per call */
     mu_client_free(c);
     tb_provider_free(p);

@@ -332,12 +332,12 @@ static int run_load(app *a, int json)
 
 /* ---------------------------------------------------------- list mode */
 
-static void print_eps(const mu_endpoint_info *eps, size_t n, void *user)
+static void print_eps(const mu_endpoint_info *const *eps, size_t n, void *user)
 {
     app *a = user;
     for (size_t i = 0; i < n; i++)
-        printf("%-22s pending=%d calls=%llu failures=%llu%s\n", eps[i].address, eps[i].pending,
-               eps[i].calls, eps[i].failures, eps[i].down ? " down" : "");
+        printf("%-22s pending=%d calls=%llu failures=%llu%s\n", eps[i]->address, eps[i]->pending,
+               eps[i]->calls, eps[i]->failures, eps[i]->down ? " down" : "");
     a->rc = n ? 0 : EXIT_FAIL;
     if (!n)
         fprintf(stderr, "mucall: no provider for %s\n", a->target);

@@ -57,6 +57,14 @@ MU_EXPORT const char *mu_strerror(mu_status status);
 /** The symbolic name of @p status ("MU_ETIMEDOUT"). Never NULL. Thread-safe. */
 MU_EXPORT const char *mu_status_name(mu_status status);
 
+/**
+ * The version of the library linked at run time, as MU_VERSION_STRING and
+ * MU_VERSION_NUM give the one compiled against. Thread-safe.
+ */
+MU_EXPORT const char *mu_version(void);
+/** MU_VERSION_NUM of the library linked at run time: 0xMMmmpp. */
+MU_EXPORT unsigned long mu_version_num(void);
+
 
 /* ================================================================ config */
 
@@ -106,13 +114,15 @@ MU_EXPORT const char *mu_config_get(const mu_config *cfg, const char *key);
 /** Why the last failing call on @p cfg failed ("" if none). Valid until the next call. */
 MU_EXPORT const char *mu_config_error(const mu_config *cfg);
 
+/** Receives one configuration key, its default and a one-line description. */
+typedef void (*mu_config_describe_fn)(const char *key, const char *default_value,
+                                      const char *help, void *user);
+
 /**
  * Calls @p fn for each key known to the library with its default and a one
  * line description (used for `mucall --help` and the README table).
  */
-MU_EXPORT void mu_config_describe(void (*fn)(const char *key, const char *default_value,
-                                             const char *help, void *user),
-                                  void *user);
+MU_EXPORT void mu_config_describe(mu_config_describe_fn fn, void *user);
 
 /* ================================================================ client */
 
@@ -150,7 +160,7 @@ MU_EXPORT mu_status mu_client_new(struct event_base *base, const mu_config *cfg,
  * Frees @p client. Every pending call's callback fires first, exactly once,
  * with MU_ECANCELLED. Safe from inside any callback of this client: the
  * memory is released when that callback returns. mu_client_free(NULL) is a
- * no-op. After it returns, the client and its call handles must not be used.
+ * no-op. After it returns, the client must not be used.
  */
 MU_EXPORT void mu_client_free(mu_client *client);
 
@@ -171,8 +181,13 @@ MU_EXPORT const char *mu_client_errmsg(const mu_client *client);
 
 /* ================================================================= calls */
 
-/** A call in flight. Valid from mu_call() until its callback returns. */
-typedef struct mu_call_handle mu_call_handle;
+/**
+ * Names a call for mu_call_cancel(). Never 0 for a started call. An id
+ * stays harmless forever: once its call's callback has run, cancelling it
+ * does nothing, even though the library reuses its call objects (the id
+ * carries a generation that cancel checks).
+ */
+typedef unsigned long long mu_call_id;
 
 /**
  * The outcome of a call, handed to its callback. Every pointer in it is
@@ -186,20 +201,15 @@ typedef struct mu_result {
     long long error_code;    /**< Remote error code (MU_EREMOTE), else 0. */
     const char *error_message; /**< Remote error message (MU_EREMOTE), else NULL. */
     const char *endpoint;    /**< "host:port" of the last attempt, or NULL if none was made. */
-    int attempts;            /**< HTTP attempts made (0 if none). */
+    int attempts;            /**< Attempts begun, sent or not (0 if none). */
     long http_status;        /**< HTTP status of the last attempt, 0 if none. */
     unsigned long long latency_us; /**< From mu_call() to the callback. */
     const char *detail;      /**< Human explanation; "" on success. Never NULL. */
 } mu_result;
 
-struct yajl_val_s;
-
-/**
- * Parses r->result into a yajl tree (see <yajl/yajl_tree.h>), for callers
- * who want a tree rather than text. The caller owns the tree and frees it
- * with yajl_tree_free(). NULL on error, with a message in @p err.
- */
-MU_EXPORT struct yajl_val_s *mu_result_parse(const mu_result *r, char *err, size_t errlen);
+/* mu_result_parse(), which hands over a yajl tree, is declared in
+ * <microutil/microutil_yajl.h>, so that yajl's types are not part of every
+ * user's ABI. */
 
 /** Completion callback: fires exactly once per successful mu_call(). */
 typedef void (*mu_call_cb)(const mu_result *result, void *user);
@@ -230,33 +240,41 @@ MU_EXPORT void mu_call_opts_init(mu_call_opts *opts);
  * (a JSON array, NULL for []) and keyword arguments @p kwargs_json (a JSON
  * object, NULL for {}). All strings are copied; @p opts may be NULL.
  *
- * Returns MU_OK and, if @p handle is not NULL, stores a handle usable with
- * mu_call_cancel() until the callback returns. @p cb then fires exactly once,
- * never from inside mu_call() itself.
+ * Returns MU_OK and, if @p id is not NULL, stores the call's id for
+ * mu_call_cancel(). @p cb then fires exactly once, never from inside
+ * mu_call() itself.
  *
  * Returns MU_EINVAL (bad target, args or kwargs not valid JSON of the right
  * shape, bad option) or MU_ENOMEM without calling @p cb;
  * mu_client_errmsg() says why.
  *
- * Retries go to another provider. A failure before the request was sent
- * (connect refused) is always retried; a timeout, a dropped response or an
- * HTTP 5xx without a microutil body only for idempotent calls; a remote error
- * (the method raised) never.
+ * Retries go to another provider. An attempt that provably never reached a
+ * provider (connect refused, a kept connection closed or reset unread) is
+ * always tried again and does not count against `retries`; when no provider
+ * is usable the call waits (connect_backoff_ms) within its deadline. A
+ * timeout, a dropped response or an HTTP 5xx without a microutil body is
+ * retried only for idempotent calls; a remote error (the method raised)
+ * never. mu_result.attempts counts every attempt.
  */
 MU_EXPORT mu_status mu_call(mu_client *client, const char *target, const char *args_json,
                             const char *kwargs_json, const mu_call_opts *opts, mu_call_cb cb,
-                            void *user, mu_call_handle **handle);
+                            void *user, mu_call_id *id);
 
 /**
- * Cancels @p call: its callback fires at once, from inside this function,
- * with MU_ECANCELLED. A no-op from inside the call's own callback. The
- * request may already have reached the provider.
+ * Cancels call @p id of @p client: its callback fires at once, from inside
+ * this function, with MU_ECANCELLED, and 1 is returned. The request may
+ * already have reached the provider. Returns 0 and does nothing when the
+ * call's callback has already run or is running (a stale id), for an id
+ * that @p client never gave, and from inside the log sink.
  */
-MU_EXPORT void mu_call_cancel(mu_call_handle *call);
+MU_EXPORT int mu_call_cancel(mu_client *client, mu_call_id id);
 
 /* ========================================================= introspection */
 
-/** One endpoint of a method, as the view sees it now. */
+/**
+ * One endpoint of a method, as the view sees it now. Handed over by
+ * pointer: fields are only ever appended, so the struct may grow.
+ */
 typedef struct mu_endpoint_info {
     const char *address;    /**< "host:port" */
     int pending;            /**< Calls in flight to it (all methods). */
@@ -270,12 +288,11 @@ typedef struct mu_endpoint_info {
  * if its providers are loaded, and returns MU_OK. If they are not loaded yet,
  * starts loading them and returns MU_ENOPROVIDER without calling @p fn
  * (mu_client_errmsg() says so); mu_client_watch() tells when they arrive.
- * The array is valid during @p fn only.
+ * The array and what it points to are valid during @p fn only.
  */
+typedef void (*mu_endpoints_fn)(const mu_endpoint_info *const *eps, size_t n, void *user);
 MU_EXPORT mu_status mu_client_endpoints(mu_client *client, const char *target,
-                                        void (*fn)(const mu_endpoint_info *eps, size_t n,
-                                                   void *user),
-                                        void *user);
+                                        mu_endpoints_fn fn, void *user);
 
 /**
  * Calls @p fn whenever the endpoint set of @p target changes (and once when
@@ -284,8 +301,8 @@ MU_EXPORT mu_status mu_client_endpoints(mu_client *client, const char *target,
  * the watcher itself. The watcher runs from the loop, never inside
  * mu_client_watch().
  */
-MU_EXPORT mu_status mu_client_watch(mu_client *client, const char *target,
-                                    void (*fn)(const char *target, size_t n_endpoints, void *user),
+typedef void (*mu_watch_fn)(const char *target, size_t n_endpoints, void *user);
+MU_EXPORT mu_status mu_client_watch(mu_client *client, const char *target, mu_watch_fn fn,
                                     void *user);
 
 /** Counters for tests, benchmarks and monitoring. */
@@ -302,8 +319,12 @@ typedef struct mu_client_stats {
     unsigned long long znodes_skipped;   /**< bad child data skipped */
 } mu_client_stats;
 
-/** Fills @p stats with the counters so far. */
-MU_EXPORT void mu_client_stats_get(const mu_client *client, mu_client_stats *stats);
+/**
+ * Fills @p stats with the counters so far. @p size is sizeof(*stats) as the
+ * caller compiled it: fields are only ever appended, and only the first
+ * @p size bytes are written, so an older caller gets the fields it knows.
+ */
+MU_EXPORT void mu_client_stats_get(const mu_client *client, mu_client_stats *stats, size_t size);
 
 /** 1 while the client has a live ZooKeeper session, else 0. */
 MU_EXPORT int mu_client_zk_connected(const mu_client *client);

@@ -8,7 +8,7 @@
  * Fault switches (--delay-ms, --fail-rate, --hang, --drop-rate, --garbage,
  * --bad-znode, --dup) let the tests exercise the SDK's error paths.
  *
- * Network behaviours of real providers (PROTOCOL.md 6 and 6a):
+ * Network behaviours of real providers (docs/protocol.md §6):
  *   --variant V        1.0.2: /json/, per-method znodes, no token.
  *                      1.0.3: /jsonp/. 1.0.4 (1.0.5..1.0.7 alike): /jsonp/
  *                      and micro-auth-token always checked (TOKEN
@@ -2298,7 +2298,7 @@ static void parse_opt(int c, const char *arg, struct given *gv)
     }
 }
 
-/* PROTOCOL.md section 6. */
+/* docs/protocol.md §5: the variants. */
 static void apply_variant(const struct given *gv)
 {
     const char *v = gv->variant;

@@ -1,0 +1,91 @@
+/*
+ * call: every call's life, owned by struct mu_calls (private to call.c).
+ * Wait for discovery (bounded by the deadline), pick (balance), send
+ * (transport), decode (codec), classify (outcome), report to health, retry
+ * when that is safe, and deliver the result exactly once.
+ *
+ * client.c resolves the target and hands the call here; nothing in here
+ * calls back into client.c except through the function pointers of
+ * mu_calls_deps. User callbacks only ever run from the calls' own drain
+ * event or from mu_calls_cancel() and mu_calls_cancel_all(): never deep
+ * inside curl or ZooKeeper, so a callback may free the client or cancel any
+ * call.
+ *
+ * Ownership:
+ *   mu_calls          private to call.c; made and freed by client.c.
+ *   call objects      (struct mu_call_handle) private to call.c, recycled
+ *                     there; each owns one mu_xfer, its timers and decoder.
+ *   mu_target         owned by client.c's target table; calls borrow it.
+ *   mu_call_settings, mu_calls_deps
+ *                     built by client.c, copied into mu_calls at creation.
+ * call.c also writes the endpoints' lane section (endpoint.h).
+ */
+#ifndef MU_CALL_H
+#define MU_CALL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "balance.h"
+#include "codec.h"
+#include "common.h"
+#include "health.h"
+#include "life.h"
+#include "transport.h"
+#include "view.h"
+
+struct event_base;
+
+/* What a target ("svc:method") resolves to. Owned by client.c's target
+ * table; calls hold a pointer to it for their lifetime. */
+typedef struct mu_target {
+    mu_group *g;
+    int idempotent;
+    mu_policy policy;
+    size_t split; /* offset of ':' */
+} mu_target;
+
+/* The settings calls need, copied at creation. */
+typedef struct mu_call_settings {
+    int timeout_ms, deadline_ms, retries;
+    int max_per_host;                /* attempts handed to curl per endpoint; the rest queue */
+    int backoff_ms, backoff_max_ms;  /* connect_backoff_ms, connect_backoff_max_ms */
+    mu_proto proto;
+    const char *auth_token;          /* borrowed from the client */
+    size_t max_response;
+} mu_call_settings;
+
+/* What calls use but do not own. */
+typedef struct mu_calls_deps {
+    struct event_base *base;
+    mu_transport *tp;
+    mu_view *view;     /* endpoint references are released through it */
+    mu_health *health;
+    const mu_logger *log;
+    mu_client_stats *stats;
+    mu_life *life;     /* the client's; user callbacks run inside it */
+    /* Why providers may be slow to load (ZooKeeper unreachable), for the
+     * detail of MU_EDISCOVERY; writes "" when nothing is known. */
+    void (*discovery_state)(void *user, char *buf, size_t cap);
+    void *user;
+} mu_calls_deps;
+
+typedef struct mu_calls mu_calls;
+
+mu_calls *mu_calls_new(const mu_calls_deps *deps, const mu_call_settings *s, uint64_t seed);
+/* Every call must have ended (mu_calls_cancel_all) first. */
+void mu_calls_free(mu_calls *m);
+
+/* Starts a call (mu_call()). MU_EINVAL or MU_ENOMEM with err set, and then
+ * cb never fires. */
+mu_status mu_calls_start(mu_calls *m, mu_target *t, const char *method, const char *args,
+                         const char *kwargs, const mu_call_opts *o, mu_call_cb cb, void *user,
+                         mu_call_id *id, char *err, size_t errcap);
+/* mu_call_cancel(): 1 if a live call was cancelled (its callback ran). */
+int mu_calls_cancel(mu_calls *m, mu_call_id id);
+/* Every call not yet delivered ends now with MU_ECANCELLED. */
+void mu_calls_cancel_all(mu_calls *m);
+/* A group's endpoint set or state changed: calls waiting for it go on. */
+void mu_calls_group_changed(mu_calls *m, mu_group *g);
+
+#endif

@@ -1,0 +1,138 @@
+#include "config.h"
+#include "health.h"
+
+#include <stdlib.h>
+
+#include "endpoint.h"
+
+#define MAX_EJECT_MS 30000u
+
+struct mu_health {
+    mu_health_opts o;
+    const mu_logger *log;
+};
+
+mu_health *mu_health_new(const mu_health_opts *opts, const mu_logger *log)
+{
+    mu_health *h = calloc(1, sizeof *h);
+    if (!h)
+        return NULL;
+    h->o = *opts;
+    h->log = log;
+    return h;
+}
+
+void mu_health_free(mu_health *h)
+{
+    free(h);
+}
+
+void mu_health_started(mu_health *h, mu_endpoint *e)
+{
+    MU_UNUSED(h);
+    e->health.calls++;
+}
+
+/* A refusal: ejected for eject_ms, doubling per consecutive refusal. */
+static void eject(mu_health *h, mu_health_ep *s)
+{
+    s->failures++;
+    s->fail_streak++;
+    unsigned shift = s->fail_streak > 6 ? 5 : s->fail_streak - 1;
+    uint64_t ms = (uint64_t)h->o.eject_ms << shift;
+    if (ms > MAX_EJECT_MS)
+        ms = MAX_EJECT_MS;
+    s->down_until_us = mu_now_us() + ms * 1000u;
+}
+
+/* Keep-alive that the provider does not honour (docs/protocol.md §6.5, §6.6).
+ * - A kept connection died before any answer, and no answer has ever come
+ *   over a kept connection to it: it closes every connection after one
+ *   response without saying so (uwsgi --http-socket).
+ * - The oldest attempt on it went over a new connection and has had no
+ *   answer for keepalive_stall_ms, while at least 4 answers came over kept
+ *   connections since it began: connections are served one at a time each
+ *   by a fixed number of workers (uwsgi --http11-socket), and ours wait
+ *   unread behind the connections we keep open. (Answers over new
+ *   connections do not count: when many connections open at once, a busy
+ *   server answers them in its own order.)
+ * Either way its connections are then used once and closed, as the Python
+ * client does; closing the kept ones frees the workers that the waiting
+ * attempts need. Lasts while the endpoint is in the view. */
+#define STALL_LATER_ANSWERS 4
+
+static int one_per_call(mu_health *h, mu_endpoint *e, const char *why)
+{
+    if (e->health.no_reuse)
+        return 0;
+    e->health.no_reuse = 1;
+    mu_log(h->log, MU_LOG_INFO, "%s: %s: one connection per call from now on", e->key, why);
+    return MU_HEALTH_ONE_PER_CALL;
+}
+
+/* The oldest attempt could be one waiting unread behind kept connections. */
+static int stall_suspect(const mu_endpoint *e, const mu_inflight *o)
+{
+    return o && o->fresh_connection && !e->health.no_reuse &&
+           e->health.reuse_ok - o->reused_before >= STALL_LATER_ANSWERS;
+}
+
+uint64_t mu_health_stall_wait(const mu_health *h, const mu_endpoint *e, const mu_inflight *o)
+{
+    uint64_t limit = (uint64_t)h->o.stall_ms * 1000u;
+    if (!stall_suspect(e, o))
+        return 0;
+    return o->age_us >= limit ? 1 : limit - o->age_us;
+}
+
+int mu_health_stalled(mu_health *h, mu_endpoint *e, const mu_inflight *o)
+{
+    if (!stall_suspect(e, o) || o->age_us < (uint64_t)h->o.stall_ms * 1000u)
+        return 0;
+    return one_per_call(h, e, "it leaves new connections unread while it serves kept ones");
+}
+
+static int learn_keepalive(mu_health *h, mu_endpoint *e, const mu_attempt_report *r)
+{
+    mu_health_ep *s = &e->health;
+    if (r->answered && r->reused)
+        s->reuse_ok++;
+    if (r->died_on_reuse && s->reuse_ok == 0)
+        return one_per_call(h, e, "it closes connections after each response");
+    if (r->answered)
+        return mu_health_stalled(h, e, r->oldest);
+    return 0;
+}
+
+int mu_health_ended(mu_health *h, mu_endpoint *e, const mu_attempt_report *r)
+{
+    mu_health_ep *s = &e->health;
+    int verdict = learn_keepalive(h, e, r);
+    switch (r->signal) {
+    case MU_SIG_ANSWERED:
+        s->fail_streak = 0;
+        s->down_until_us = 0;
+        break;
+    case MU_SIG_REFUSED:
+        eject(h, s);
+        verdict |= MU_HEALTH_EJECTED;
+        break;
+    case MU_SIG_TIMEOUT:
+    case MU_SIG_BROKEN:
+        s->failures++;
+        break;
+    case MU_SIG_NEUTRAL:
+        break;
+    }
+    return verdict;
+}
+
+int mu_health_up(const mu_endpoint *e, uint64_t now_us)
+{
+    return e->health.down_until_us <= now_us;
+}
+
+int mu_health_keepalive(const mu_endpoint *e)
+{
+    return !e->health.no_reuse;
+}

@@ -1,0 +1,92 @@
+/*
+ * health: what each provider endpoint has shown of itself, and the verdicts
+ * drawn from it: ejection and whether its connections may be kept.
+ *
+ * The per-endpoint state (mu_health_ep) is a section of mu_endpoint that
+ * only health.c writes; balance.c reads down_until_us to steer picks, and
+ * introspection (client.c) reads the counters. call.c reports each
+ * attempt's start and end here, reads `reuse_ok` to date its attempts, and
+ * never edits the state itself. This is the seam where outlier ejection,
+ * latency tracking and slow start would plug in (none of them exists yet:
+ * latency_us is reported but not used).
+ *
+ * Ownership:
+ *   mu_health       private to health.c; made and freed by client.c.
+ *   mu_health_ep    in the view's mu_endpoint memory; written by health.c.
+ *   mu_health_opts  a value, copied into mu_health.
+ *   mu_inflight, mu_attempt_report
+ *                   built on call.c's stack for one call into health.
+ */
+#ifndef MU_HEALTH_H
+#define MU_HEALTH_H
+
+#include <stdint.h>
+
+#include "common.h"
+#include "outcome.h"
+
+struct mu_endpoint;
+
+/* Owned by health.c, embedded in each mu_endpoint. Zero is a new endpoint. */
+typedef struct mu_health_ep {
+    uint64_t calls;         /* attempts begun */
+    uint64_t failures;      /* attempts that failed at the transport level */
+    unsigned fail_streak;   /* consecutive refusals */
+    uint64_t down_until_us; /* ejected: not picked before this while others are up */
+    uint64_t reuse_ok;      /* answers that came over a kept connection */
+    int no_reuse;           /* it does not keep connections usable: one per call */
+} mu_health_ep;
+
+typedef struct mu_health_opts {
+    int eject_ms;  /* first ejection after a refusal; doubles per refusal, up to 30 s */
+    int stall_ms;  /* keepalive_stall_ms */
+} mu_health_opts;
+
+typedef struct mu_health mu_health;
+
+mu_health *mu_health_new(const mu_health_opts *opts, const mu_logger *log);
+void mu_health_free(mu_health *h);
+
+/* An attempt begins on e. */
+void mu_health_started(mu_health *h, struct mu_endpoint *e);
+
+/* The oldest attempt still in flight on an endpoint, as call.c sees it. */
+typedef struct mu_inflight {
+    uint64_t age_us;         /* since it was handed to the transport */
+    uint64_t reused_before;  /* the endpoint's `reuse_ok` when it began */
+    int fresh_connection;    /* it sent over a connection it opened */
+} mu_inflight;
+
+/* How one attempt on e ended. */
+typedef struct mu_attempt_report {
+    mu_signal signal;
+    uint64_t latency_us;
+    int answered;            /* an HTTP answer came back */
+    int reused;              /* over a kept connection */
+    int died_on_reuse;       /* a kept connection ended before any answer byte */
+    const mu_inflight *oldest; /* the oldest other attempt in flight on e, or NULL */
+} mu_attempt_report;
+
+/* Verdicts, as bits. */
+enum {
+    MU_HEALTH_EJECTED = 1,      /* attempts queued on e should go elsewhere */
+    MU_HEALTH_ONE_PER_CALL = 2, /* e no longer keeps connections: close its idle ones */
+};
+
+/* Records the end of an attempt on e. */
+int mu_health_ended(mu_health *h, struct mu_endpoint *e, const mu_attempt_report *r);
+
+/* The oldest attempt on e, unanswered so far, would show e stalling new
+ * connections if still unanswered after this many microseconds; 0 when
+ * there is nothing to watch for. */
+uint64_t mu_health_stall_wait(const mu_health *h, const struct mu_endpoint *e,
+                              const mu_inflight *oldest);
+/* That time has passed with the oldest attempt still unanswered. */
+int mu_health_stalled(mu_health *h, struct mu_endpoint *e, const mu_inflight *oldest);
+
+/* Not ejected at now. */
+int mu_health_up(const struct mu_endpoint *e, uint64_t now_us);
+/* Its connections may be kept for the next exchange. */
+int mu_health_keepalive(const struct mu_endpoint *e);
+
+#endif
