@@ -358,6 +358,7 @@ static int launch(call_t *k)
     }
     e->lane.active++;
     mu_xfer_set_reuse(k->x, keep);
+    mu_xfer_set_quickack(k->x, mu_health_quickack(e));
     if (mu_xfer_start(k->x, e->url, k->body.data, k->body.len, k->send_hdrs, timeout, on_xfer_done,
                       k) != 0) {
         e->lane.active--;
@@ -671,6 +672,8 @@ static int report(call_t *k, mu_endpoint *e, const mu_xfer_result *res, mu_signa
         .answered = res->code == CURLE_OK,
         .reused = res->reused,
         .died_on_reuse = res->died_on_reuse,
+        .body_wait_us = res->body_wait_us,
+        .body_len = res->len,
         .oldest = o ? &oldest : NULL,
     };
     return mu_health_ended(k->m->d.health, e, &r);

@@ -104,8 +104,28 @@ static int learn_keepalive(mu_health *h, mu_endpoint *e, const mu_attempt_report
     return 0;
 }
 
+/* A small answer whose body came 30 ms or more after its first byte: the
+ * server's Nagle waited for our delayed ACK of the headers (two writes,
+ * Python's http.server; docs/protocol.md §6.2). Linux delays an ACK by at
+ * least 40 ms. From then on its connections ack at once. */
+#define NAGLE_WAIT_US 30000u
+#define NAGLE_BODY_MAX (16u * 1024u)
+
+static void learn_quickack(mu_health *h, mu_endpoint *e, const mu_attempt_report *r)
+{
+    if (e->health.quickack || !r->answered || r->body_wait_us < NAGLE_WAIT_US ||
+        r->body_len > NAGLE_BODY_MAX)
+        return;
+    e->health.quickack = 1;
+    mu_log(h->log, MU_LOG_INFO,
+           "%s: the body of a %zu-byte answer came %llu ms after its headers (Nagle waiting for "
+           "our delayed ACK): acking at once from now on",
+           e->key, r->body_len, (unsigned long long)(r->body_wait_us / 1000));
+}
+
 int mu_health_ended(mu_health *h, mu_endpoint *e, const mu_attempt_report *r)
 {
+    learn_quickack(h, e, r);
     mu_health_ep *s = &e->health;
     int verdict = learn_keepalive(h, e, r);
     switch (r->signal) {
@@ -135,4 +155,9 @@ int mu_health_up(const mu_endpoint *e, uint64_t now_us)
 int mu_health_keepalive(const mu_endpoint *e)
 {
     return !e->health.no_reuse;
+}
+
+int mu_health_quickack(const mu_endpoint *e)
+{
+    return e->health.quickack;
 }

@@ -35,6 +35,7 @@ typedef struct mu_health_ep {
     uint64_t down_until_us; /* ejected: not picked before this while others are up */
     uint64_t reuse_ok;      /* answers that came over a kept connection */
     int no_reuse;           /* it does not keep connections usable: one per call */
+    int quickack;           /* it holds answers' bodies back until our ACK */
 } mu_health_ep;
 
 typedef struct mu_health_opts {
@@ -64,6 +65,8 @@ typedef struct mu_attempt_report {
     int answered;            /* an HTTP answer came back */
     int reused;              /* over a kept connection */
     int died_on_reuse;       /* a kept connection ended before any answer byte */
+    uint64_t body_wait_us;   /* from the first answer byte to the last */
+    size_t body_len;         /* answer body bytes */
     const mu_inflight *oldest; /* the oldest other attempt in flight on e, or NULL */
 } mu_attempt_report;
 
@@ -88,5 +91,7 @@ int mu_health_stalled(mu_health *h, struct mu_endpoint *e, const mu_inflight *ol
 int mu_health_up(const struct mu_endpoint *e, uint64_t now_us);
 /* Its connections may be kept for the next exchange. */
 int mu_health_keepalive(const struct mu_endpoint *e);
+/* Its connections should ack at once (TCP_QUICKACK). */
+int mu_health_quickack(const struct mu_endpoint *e);
 
 #endif

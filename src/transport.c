@@ -27,8 +27,9 @@ typedef struct mu_sock {
  * whether an exchange is using it, so that the idle ones to a provider can
  * be closed (mu_transport_close_idle). */
 typedef struct conn_rec {
-    char *url; /* NULL: no connection of ours on this fd */
-    int busy;  /* curl watches it for an exchange (its socket callback) */
+    char *url;    /* NULL: no connection of ours on this fd */
+    int busy;     /* curl watches it for an exchange (its socket callback) */
+    int quickack; /* its exchanges want TCP_QUICKACK (mu_xfer_set_quickack) */
 } conn_rec;
 
 struct mu_transport {
@@ -53,14 +54,13 @@ struct mu_xfer {
     int running;
     int too_big;
     int opened_socket;    /* this attempt created a socket */
-    int body_sent;        /* curl took the request body (on_read) */
-    int first_reused;     /* ... over a connection kept from an earlier exchange */
+    int attached;         /* curl gave the exchange a connection (on_curl_socket) */
+    int first_reused;     /* ... one kept from an earlier exchange */
+    int quickack;         /* re-arm TCP_QUICKACK on its connection */
     int resend_refused;   /* curl wanted to send again; refused (see transport.h) */
     long resend_errno;    /* the OS error that ended the reused connection */
     int reuse;            /* 1: keep-alive; 0: fresh connection, closed after */
     const char *url;      /* of the running exchange (borrowed) */
-    const char *req;      /* its request body (borrowed), req_len bytes, req_off given */
-    size_t req_len, req_off;
     mu_xfer_done_fn done;
     void *user;
     mu_xfer_result res;
@@ -72,6 +72,7 @@ struct mu_xfer {
 static void on_socket(evutil_socket_t fd, short what, void *arg);
 static void drain_done(mu_transport *t);
 static void quickack(evutil_socket_t fd);
+static void attach(CURL *easy, struct conn_rec *c);
 static conn_rec *conn_at(mu_transport *t, curl_socket_t fd, int grow);
 
 static void sock_unlink(mu_transport *t, mu_sock *s)
@@ -132,11 +133,12 @@ static int on_curl_socket(CURL *easy, curl_socket_t fd, int what, void *userp, v
 {
     mu_transport *t = userp;
     mu_sock *s = socketp;
-    MU_UNUSED(easy);
     /* curl watches a connection's socket exactly while an exchange uses it. */
     conn_rec *c = conn_at(t, fd, 0);
     if (c && c->url)
         c->busy = what != CURL_POLL_REMOVE;
+    if (what != CURL_POLL_REMOVE)
+        attach(easy, c);
 
     if (what == CURL_POLL_REMOVE) {
         if (s) {
@@ -157,7 +159,8 @@ static int on_curl_socket(CURL *easy, curl_socket_t fd, int what, void *userp, v
     if (what & CURL_POLL_IN) {
         /* curl may have read the headers already, in the same action that
          * sent the request: ack them now, or the body waits (quickack). */
-        quickack(fd);
+        if (c && c->quickack)
+            quickack(fd);
         kind |= EV_READ;
     }
     if (what & CURL_POLL_OUT)
@@ -167,17 +170,42 @@ static int on_curl_socket(CURL *easy, curl_socket_t fd, int what, void *userp, v
     return 0;
 }
 
+/* The exchange of easy has a connection now (c: its record, if ours). The
+ * first time, note whether it is a kept one, and make any second
+ * connection for the exchange a fresh one: curl resends by itself when a
+ * kept connection dies before any answer byte (Curl_retry_request), EOF
+ * included, and would do it over another kept connection too; a fresh one
+ * goes through on_sockopt, which refuses it (see transport.h). */
+static void attach(CURL *easy, conn_rec *c)
+{
+    void *priv = NULL;
+    curl_easy_getinfo(easy, CURLINFO_PRIVATE, &priv);
+    mu_xfer *x = priv;
+    if (!x || !x->running)
+        return;
+    if (c && c->url)
+        c->quickack = x->quickack;
+    if (x->attached)
+        return;
+    x->attached = 1;
+    x->first_reused = !x->opened_socket;
+    curl_easy_setopt(easy, CURLOPT_FRESH_CONNECT, 1L); /* a flag: cannot fail */
+}
+
 /* Python's http.server (Django's runserver) writes the headers and the body
  * of a response with two send()s, Nagle on. On a keep-alive connection our
  * kernel is in "pingpong" mode after each request we send, and delays its
  * ACK of the headers segment by up to 40 ms, hoping to piggyback it on our
  * next request; the server's Nagle holds the body back until that ACK: 40
  * ms a call (docs/protocol.md §6.2). Setting TCP_QUICKACK leaves pingpong
- * mode and, once the data is read, sends the pending ACK at once. It is set
- * before every read event, and whenever curl starts waiting to read, since
- * curl may have read the headers inside the action that sent the request,
- * after which no read event comes until the body does. A setsockopt per
- * event; a failure (not TCP, closed) is harmless. */
+ * mode and, once the data is read, sends the pending ACK at once. For the
+ * connections of exchanges that ask for it (mu_xfer_set_quickack), it is
+ * set before every read event, and whenever curl starts waiting to read,
+ * since curl may have read the headers inside the action that sent the
+ * request, after which no read event comes until the body does. Not for
+ * everyone: an ACK of its own for every answer costs CPU on both sides
+ * (bench: about 10 us a call at 64 in flight on loopback). A failure (not
+ * TCP, closed) is harmless. */
 static void quickack(evutil_socket_t fd)
 {
 #ifdef TCP_QUICKACK
@@ -193,7 +221,9 @@ static void on_socket(evutil_socket_t fd, short what, void *arg)
     mu_transport *t = arg;
     int action = 0, still;
     if (what & EV_READ) {
-        quickack(fd);
+        conn_rec *c = conn_at(t, fd, 0);
+        if (c && c->quickack)
+            quickack(fd);
         action |= CURL_CSELECT_IN;
     }
     if (what & EV_WRITE)
@@ -246,11 +276,12 @@ static void fill_result(mu_xfer *x, CURLcode code)
     mu_xfer_result *r = &x->res;
     CURL *e = x->easy;
     long status = 0, port = 0;
-    curl_off_t up = 0, total = 0, connect = 0;
+    curl_off_t up = 0, total = 0, connect = 0, first = 0;
 
     curl_easy_getinfo(e, CURLINFO_RESPONSE_CODE, &status);
     curl_easy_getinfo(e, CURLINFO_SIZE_UPLOAD_T, &up);
     curl_easy_getinfo(e, CURLINFO_TOTAL_TIME_T, &total);
+    curl_easy_getinfo(e, CURLINFO_STARTTRANSFER_TIME_T, &first);
     curl_easy_getinfo(e, CURLINFO_CONNECT_TIME_T, &connect);
     curl_easy_getinfo(e, CURLINFO_LOCAL_PORT, &port);
 
@@ -259,14 +290,14 @@ static void fill_result(mu_xfer *x, CURLcode code)
     /* A reused connection has no connect time of its own, but curl records
      * the local port of whatever connection carried the transfer. */
     r->connected = connect > 0 || port > 0;
-    r->sent = up > 0 || x->body_sent;
+    r->sent = up > 0 || x->resend_refused;
     r->reused = x->first_reused;
     r->kept = x->reuse;
     /* curl ends a reused connection that died before any response byte by
      * resending on a fresh one; we refuse that resend, or curl gives up by
      * itself once its per-handle count of such resends is spent. */
-    r->died_on_reuse = x->resend_refused || code == CURLE_SEND_FAIL_REWIND ||
-                       (code == CURLE_SEND_ERROR && x->first_reused && status == 0);
+    r->died_on_reuse =
+        x->resend_refused || (code == CURLE_SEND_ERROR && x->first_reused && status == 0);
     long err = x->resend_refused ? x->resend_errno : 0;
     if (!err)
         curl_easy_getinfo(e, CURLINFO_OS_ERRNO, &err);
@@ -279,6 +310,7 @@ static void fill_result(mu_xfer *x, CURLcode code)
     else
         r->error = code == CURLE_OK ? "" : curl_easy_strerror(code);
     r->total_us = total > 0 ? (uint64_t)total : 0;
+    r->body_wait_us = total > first && first > 0 ? (uint64_t)(total - first) : 0;
 }
 
 /* The done callback may start or cancel xfers (this one included), which
@@ -436,16 +468,16 @@ int mu_transport_close_idle(mu_transport *t, const char *url)
 
 /* Notes that this attempt opened a socket, so that a cancel knows whether
  * CURLINFO_NUM_CONNECTS describes this attempt or is left from the last,
- * and records the connection. A socket opened after the body was sent is
- * curl resending on its own: the OS error that ended the first connection
- * is still recorded then, and the resend is refused (see transport.h). */
+ * and records the connection. A second socket for one exchange (attach)
+ * is curl resending on its own: the OS error that ended the first
+ * connection is still recorded then, and the resend is refused. */
 static int on_sockopt(void *arg, curl_socket_t fd, curlsocktype purpose)
 {
     mu_xfer *x = arg;
     if (purpose != CURLSOCKTYPE_IPCXN)
         return CURL_SOCKOPT_OK;
     x->opened_socket = 1;
-    if (!x->body_sent) {
+    if (!x->attached) {
         conn_rec *c = conn_at(x->t, fd, 1);
         if (c) {
             free(c->url);
@@ -458,28 +490,6 @@ static int on_sockopt(void *arg, curl_socket_t fd, curlsocktype purpose)
     x->resend_refused = 1;
     x->t->resends_refused++;
     return CURL_SOCKOPT_ERROR;
-}
-
-/* curl reads the request body from here, not from CURLOPT_POSTFIELDS, and
- * is given no way to rewind it: once the body went out, curl cannot send
- * the request again by itself (it fails with CURLE_SEND_FAIL_REWIND), on a
- * fresh connection or on another kept one. If a kept connection dies
- * before the body went out, curl does resend: the server never had a whole
- * request then. The cost against CURLOPT_POSTFIELDS: the body leaves in a
- * second send() after the headers (callgrind: +2% instructions a call). */
-static size_t on_read(char *buf, size_t size, size_t nitems, void *arg)
-{
-    mu_xfer *x = arg;
-    if (!x->body_sent) {
-        x->body_sent = 1;
-        x->first_reused = !x->opened_socket;
-    }
-    size_t n = size * nitems, left = x->req_len - x->req_off;
-    if (n > left)
-        n = left;
-    memcpy(buf, x->req + x->req_off, n);
-    x->req_off += n;
-    return n;
 }
 
 static size_t on_write(char *p, size_t size, size_t nmemb, void *arg)
@@ -535,8 +545,6 @@ mu_xfer *mu_xfer_new(mu_transport *t)
     if (!rc) rc = curl_easy_setopt(e, CURLOPT_SOCKOPTDATA, (void *)x);
     if (!rc) rc = curl_easy_setopt(e, CURLOPT_CLOSESOCKETFUNCTION, on_closesocket);
     if (!rc) rc = curl_easy_setopt(e, CURLOPT_CLOSESOCKETDATA, (void *)t);
-    if (!rc) rc = curl_easy_setopt(e, CURLOPT_READFUNCTION, on_read);
-    if (!rc) rc = curl_easy_setopt(e, CURLOPT_READDATA, (void *)x);
     if (!rc && t->opts.connect_timeout_ms > 0)
         rc = curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, t->opts.connect_timeout_ms);
     if (rc != CURLE_OK) {
@@ -574,13 +582,10 @@ int mu_xfer_start(mu_xfer *x, const char *url, const char *body, size_t len,
     mu_buf_reset(&x->body);
     x->too_big = 0;
     x->opened_socket = 0;
-    x->body_sent = 0;
+    x->attached = 0;
     x->first_reused = 0;
     x->resend_refused = 0;
     x->resend_errno = 0;
-    x->req = body ? body : "";
-    x->req_len = body ? len : 0;
-    x->req_off = 0;
     x->errbuf[0] = '\0';
     memset(&x->res, 0, sizeof x->res);
     x->res.body = "";
@@ -588,8 +593,10 @@ int mu_xfer_start(mu_xfer *x, const char *url, const char *body, size_t len,
 
     CURLcode rc = CURLE_OK;
     if (!rc) rc = curl_easy_setopt(e, CURLOPT_URL, url);
-    /* The body comes from on_read: a POST of known size (Content-Length). */
-    if (!rc) rc = curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)x->req_len);
+    /* Size before data: setting the size can drop a previous POSTFIELDS. */
+    if (!rc) rc = curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)len);
+    if (!rc) rc = curl_easy_setopt(e, CURLOPT_POSTFIELDS, body ? body : "");
+    if (!rc) rc = curl_easy_setopt(e, CURLOPT_FRESH_CONNECT, 0L); /* attach() sets it */
     if (!rc) rc = curl_easy_setopt(e, CURLOPT_HTTPHEADER, (struct curl_slist *)headers);
     if (!rc) rc = curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, timeout_ms > 0 ? timeout_ms : 0L);
     if (rc != CURLE_OK)
@@ -652,6 +659,12 @@ void mu_xfer_set_reuse(mu_xfer *x, int reuse)
      * curl's connection choice: cannot fail on a valid handle. */
     curl_easy_setopt(x->easy, CURLOPT_FORBID_REUSE, reuse ? 0L : 1L);
     x->reuse = reuse;
+}
+
+void mu_xfer_set_quickack(mu_xfer *x, int on)
+{
+    if (x)
+        x->quickack = on != 0;
 }
 
 int mu_xfer_fresh_connection(const mu_xfer *x)

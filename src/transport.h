@@ -47,6 +47,7 @@ typedef struct mu_xfer_result {
     size_t len;
     const char *error;      /* curl's error text, "" if none */
     uint64_t total_us;      /* CURLINFO_TOTAL_TIME_T */
+    uint64_t body_wait_us;  /* from the first answer byte to the last (TOTAL - STARTTRANSFER) */
 } mu_xfer_result;
 
 /* `unsent` is set when the exchange failed but the request provably never
@@ -64,10 +65,11 @@ typedef struct mu_xfer_result {
  * libcurl resends by itself when a reused connection dies before any
  * response byte (Curl_retry_request), EOF included, on a fresh connection
  * or on another kept one, and keeps its count of such resends across
- * transfers on a reused easy handle. The transport stops every resend of a
- * request whose body went out: curl reads the body through a callback it
- * cannot rewind, and a socket opened after the body went out is refused.
- * The call layer alone decides whether to send again. */
+ * transfers on a reused easy handle. The transport stops every such
+ * resend: once an exchange has a connection, any further one it would use
+ * must be fresh (CURLOPT_FRESH_CONNECT), and a fresh socket opened then is
+ * refused (CURLOPT_SOCKOPTFUNCTION). The call layer alone decides whether
+ * to send again. */
 
 /* Called once per started exchange, from inside the transport's event
  * handling (never from within mu_xfer_start). It may start this or another
@@ -97,8 +99,13 @@ int mu_xfer_running(const mu_xfer *x);
  * With 0 an exchange may still take a kept connection, once.
  * The caller adds "Connection: close" to its headers in the latter case. */
 void mu_xfer_set_reuse(mu_xfer *x, int reuse);
-/* 1 while x's running exchange has sent its request over a connection it
- * opened itself (not a kept one). */
+/* Whether x's next exchanges set TCP_QUICKACK on their connection before
+ * each read (0, the default: it costs a packet per answer). For servers
+ * that hold the body back until the ACK of the headers (Nagle on, two
+ * writes: Python's http.server); mu_xfer_result.body_wait_us shows them. */
+void mu_xfer_set_quickack(mu_xfer *x, int on);
+/* 1 while x's running exchange uses a connection it opened itself (not a
+ * kept one). */
 int mu_xfer_fresh_connection(const mu_xfer *x);
 /* Frees the idle xfer's response buffer if it grew past keep bytes, so that
  * one huge response does not stay resident in a reused xfer. */

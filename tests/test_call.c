@@ -11,25 +11,7 @@
 #include <microutil/microutil_yajl.h>
 #include <signal.h>
 
-#include "testbed.h"
-#include "util.h"
-
-static tb_zk *zk;
-static struct event_base *base;
-
-static int setup_all(void **state)
-{
-    (void)state;
-    zk = tb_zk_start();
-    return zk ? 0 : -1;
-}
-
-static int teardown_all(void **state)
-{
-    (void)state;
-    tb_zk_free(zk);
-    return 0;
-}
+#include "fixture.h"
 
 /* Providers of a service of their own per test, so tests do not mix. */
 static tb_provider *start(const char *svc, const char *extra1, const char *extra2)
@@ -54,30 +36,6 @@ static tb_provider *start(const char *svc, const char *extra1, const char *extra
     return tb_provider_start(tb_zk_connstr(zk), args);
 }
 
-static mu_client *client(mu_config *cfg)
-{
-    mu_client *c = NULL;
-    if (mu_config_set(cfg, "zk_hosts", tb_zk_connstr(zk)) != MU_OK)
-        fail();
-    assert_int_equal(mu_client_new(base, cfg, &c), MU_OK);
-    mu_client_set_log(c, MU_LOG_DEBUG, tu_log, NULL);
-    mu_config_free(cfg);
-    return c;
-}
-
-static int setup(void **state)
-{
-    (void)state;
-    base = event_base_new();
-    return base ? 0 : -1;
-}
-
-static int teardown(void **state)
-{
-    (void)state;
-    event_base_free(base);
-    return 0;
-}
 
 /* ------------------------------------------------------------ distribution */
 

@@ -14,39 +14,7 @@
 
 #include <signal.h>
 
-#include "testbed.h"
-#include "util.h"
-
-static tb_zk *zk;
-static struct event_base *base;
-
-static int setup_all(void **state)
-{
-    (void)state;
-    zk = tb_zk_start();
-    return zk ? 0 : -1;
-}
-
-static int teardown_all(void **state)
-{
-    (void)state;
-    tb_zk_free(zk);
-    return 0;
-}
-
-static int setup(void **state)
-{
-    (void)state;
-    base = event_base_new();
-    return base ? 0 : -1;
-}
-
-static int teardown(void **state)
-{
-    (void)state;
-    event_base_free(base);
-    return 0;
-}
+#include "fixture.h"
 
 /* A provider of svc with up to 6 more arguments (NULL-terminated). */
 static tb_provider *start(const char *svc, ...)
@@ -62,16 +30,6 @@ static tb_provider *start(const char *svc, ...)
     return tb_provider_start(tb_zk_connstr(zk), args);
 }
 
-static mu_client *client(mu_config *cfg)
-{
-    mu_client *c = NULL;
-    if (mu_config_set(cfg, "zk_hosts", tb_zk_connstr(zk)) != MU_OK)
-        fail();
-    assert_int_equal(mu_client_new(base, cfg, &c), MU_OK);
-    mu_client_set_log(c, MU_LOG_DEBUG, tu_log, NULL);
-    mu_config_free(cfg);
-    return c;
-}
 
 /* ------------------------------------------------------------ load */
 

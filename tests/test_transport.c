@@ -695,9 +695,74 @@ static void test_provider_gone(void **state)
     mu_transport_free(t);
 }
 
+/* The provider dies holding our request, on a kept connection: the method
+ * may have run. curl would send the request again by itself; the transport
+ * refuses (never silently twice) and reports a death on a kept connection
+ * that is not provably unsent (an EOF, not a reset). */
+typedef struct died {
+    int calls, died_on_reuse, unsent, sent, reused;
+    CURLcode code;
+} died;
+
+static void record_died(mu_xfer *x, const mu_xfer_result *r, void *user)
+{
+    died *d = user;
+    (void)x;
+    d->calls++;
+    d->code = r->code;
+    d->died_on_reuse = r->died_on_reuse;
+    d->unsent = r->unsent;
+    d->sent = r->sent;
+    d->reused = r->reused;
+}
+
+static void kill_provider(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    kill(tb_provider_pid(arg), SIGKILL);
+}
+
+static void test_no_silent_resend(void **state)
+{
+    (void)state;
+    tb_provider *p = tb_provider_start(NULL, NULL);
+    assert_non_null(p);
+    char url[64], body[256], slow[256];
+    provider_url(p, url, sizeof url);
+    mu_transport *t = transport(16, 1 << 20);
+    mu_xfer *x = mu_xfer_new(t);
+    size_t n = make_body(body, sizeof body, "echo", "[1]", "r1");
+    size_t sn = make_body(slow, sizeof slow, "slow", "[3000]", "r2");
+    outcome o = {.rid = "r1"};
+    assert_int_equal(mu_xfer_start(x, url, body, n, g_hdrs, 5000, record, &o), 0);
+    assert_int_equal(run_until(&o.calls, 1, 5000), 1);
+    assert_int_equal(o.code, CURLE_OK);
+
+    died d = {0};
+    struct event *k = evtimer_new(g_base, kill_provider, p);
+    struct timeval tv = {0, 300000};
+    evtimer_add(k, &tv);
+    assert_int_equal(mu_xfer_start(x, url, slow, sn, g_hdrs, 10000, record_died, &d), 0);
+    assert_int_equal(run_until(&d.calls, 1, 8000), 1);
+    event_free(k);
+    assert_int_not_equal(d.code, CURLE_OK);
+    assert_int_equal(d.reused, 1);
+    assert_int_equal(d.died_on_reuse, 1);
+    assert_int_equal(d.sent, 1);
+    assert_int_equal(d.unsent, 0);
+    assert_int_equal(mu_transport_resends_refused(t), 1);
+
+    tb_provider_kill(p, SIGKILL);
+    tb_provider_free(p);
+    mu_xfer_free(x);
+    mu_transport_free(t);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_no_silent_resend),
         cmocka_unit_test(test_round_trip),
         cmocka_unit_test(test_many_keepalive),
         cmocka_unit_test(test_cache_survives_quiet),
