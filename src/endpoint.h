@@ -8,7 +8,7 @@
  *   pending, members       balance.c (pending only via mu_endpoint_pending_add;
  *                          view.c reads pending before freeing)
  *   health                 health.c (balance.c reads down_until_us, call.c
- *                          reads ended, client.c reads calls and failures)
+ *                          reads reuse_ok, client.c reads calls and failures)
  *   lane (mu_lane)         call.c
  * A separate allocation per module would need the view to call back into
  * each one to free it; embedded sections keep one owner for the memory and

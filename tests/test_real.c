@@ -284,13 +284,16 @@ static void test_split_writes(void **state)
     tb_provider_free(p);
 }
 
-/* uwsgi --http-socket: HTTP/1.1 without "Connection: close", then closed. */
+/* uwsgi --http-socket with 4 workers: HTTP/1.1 without "Connection: close",
+ * then closed a little later (uwsgi logs first), reading nothing meanwhile.
+ * Requests sent into that window are reset unread; the SDK before this
+ * work failed 14% of non-idempotent calls here. */
 static void test_close_without_notice(void **state)
 {
     (void)state;
     tb_provider *p[2];
-    p[0] = start("closer", "--close-silently", NULL);
-    p[1] = start("closer", "--close-silently", NULL);
+    p[0] = start("closer", "--close-silently", "--close-after-us", "300", "--workers", "4", NULL);
+    p[1] = start("closer", "--close-silently", "--close-after-us", "300", NULL);
     assert_non_null(p[0]);
     assert_non_null(p[1]);
     mu_client *c = client(tu_config(NULL));

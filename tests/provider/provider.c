@@ -30,6 +30,9 @@
  *                      ACK (~40 ms) on every call.
  *   --close-silently   uwsgi --http-socket: HTTP/1.1 answer without
  *                      "Connection: close", then the connection is closed.
+ *   --close-after-us N ... N us after the answer, reading nothing meanwhile,
+ *                      as uwsgi logs and runs its hooks first: a request
+ *                      that comes in that window is reset unread.
  *   --workers N        uwsgi --http11-socket with N workers: N forked
  *                      processes, each serving one keep-alive connection at
  *                      a time until the client closes it; connections beyond
@@ -119,6 +122,7 @@ static struct {
     int split_writes;
     int raw;
     int close_silently;
+    long close_after_us;
     int workers;
 } opt;
 
@@ -1273,7 +1277,7 @@ static void on_request(struct evhttp_request *req, void *arg)
 #define RAW_HEAD_MAX 65536
 #define RAW_BODY_MAX (1024LL * 1024 * 1024)
 
-enum { RC_IDLE, RC_BUSY, RC_HANG };
+enum { RC_IDLE, RC_BUSY, RC_HANG, RC_CLOSING };
 
 struct rconn {
     struct rconn *prev, *next;
@@ -1530,6 +1534,17 @@ static int rc_answer(struct rconn *c, int kind, const struct reply *r)
         rc = rc_send(c, g_raw.p, g_raw.len);
     }
     c->state = RC_IDLE;
+    if (rc == 0 && c->close_after && opt.close_after_us > 0 && !g.stopping &&
+        evbuffer_get_length(c->out) == 0) {
+        /* uwsgi logs the request and runs its hooks between the answer and
+         * the close, reading nothing meanwhile: a request that comes in
+         * that window is closed unread, and the client gets a reset. */
+        c->state = RC_CLOSING;
+        event_del(c->rev);
+        struct timeval tv = {opt.close_after_us / 1000000, opt.close_after_us % 1000000};
+        evtimer_add(c->timer, &tv);
+        return -1;
+    }
     if (rc < 0 || (c->close_after && evbuffer_get_length(c->out) == 0)) {
         rc_close(c);
         return -1;
@@ -1636,6 +1651,10 @@ static void on_rc_timer(evutil_socket_t fd, short what, void *arg)
     struct rconn *c = arg;
     UNUSED(fd);
     UNUSED(what);
+    if (c->state == RC_CLOSING) {
+        rc_close(c);
+        return;
+    }
     c->r.body = (const char *)evbuffer_pullup(c->body, -1);
     if (rc_answer(c, c->kind, &c->r) == 0)
         rc_pump(c);
@@ -2152,7 +2171,8 @@ static void usage(void)
           "       [--auth TOKEN] [--delay-ms N] [--fail-rate P] [--hang] [--drop-rate P]\n"
           "       [--garbage] [--bad-znode empty|nonjson|noport|badport] [--dup N]\n"
           "       [--no-register] [--methods a,b,c] [--session-ms N]\n"
-          "       [--listen-delay-ms N] [--split-writes] [--close-silently] [--workers N] [--raw]\n"
+          "       [--listen-delay-ms N] [--split-writes] [--close-silently] [--close-after-us N]\n"
+          "       [--workers N] [--raw]\n"
           "\n"
           "  --variant V          microutil variant: 1.0.2 /json/; 1.0.3 /jsonp/; 1.0.4\n"
           "                       (..1.0.7) /jsonp/ + micro-auth-token always checked,\n"
@@ -2164,6 +2184,8 @@ static void usage(void)
           "  --split-writes       Django runserver: headers and body in two send()s with\n"
           "                       Nagle on (keep-alive clients stall ~40 ms per call)\n"
           "  --close-silently     uwsgi --http-socket: no Connection: close, then close\n"
+          "  --close-after-us N   with --close-silently: close N us after the answer,\n"
+          "                       reading nothing meanwhile (uwsgi's post-request work)\n"
           "  --workers N          uwsgi --http11-socket: N processes, one keep-alive\n"
           "                       connection each at a time; the master registers once;\n"
           "                       one send() per answer unless --split-writes\n"
@@ -2229,7 +2251,7 @@ static void parse_methods(const char *list)
 enum {
     OP_ZK = 256, OP_SERVICE, OP_PORT, OP_HOST, OP_LAYOUT, OP_PATH, OP_PICKLE, OP_AUTH,
     OP_DELAY, OP_FAIL, OP_HANG, OP_DROP, OP_GARBAGE, OP_BAD, OP_DUP, OP_NOREG,
-    OP_METHODS, OP_SESSION, OP_VARIANT, OP_LDELAY, OP_SPLIT, OP_CLOSE, OP_WORKERS, OP_RAW, OP_HELP
+    OP_METHODS, OP_SESSION, OP_VARIANT, OP_LDELAY, OP_SPLIT, OP_CLOSE, OP_CLOSE_US, OP_WORKERS, OP_RAW, OP_HELP
 };
 
 /* What was given explicitly: it wins over --variant. */
@@ -2293,6 +2315,7 @@ static void parse_opt(int c, const char *arg, struct given *gv)
     case OP_SPLIT: opt.split_writes = 1; break;
     case OP_RAW: opt.raw = 1; break;
     case OP_CLOSE: opt.close_silently = 1; break;
+    case OP_CLOSE_US: opt.close_after_us = parse_long(arg, "close-after-us", 0, 10000000); break;
     case OP_WORKERS: opt.workers = (int)parse_long(arg, "workers", 1, 256); break;
     default: usage();
     }
@@ -2346,6 +2369,7 @@ static void parse_args(int argc, char **argv)
         {"split-writes", no_argument, NULL, OP_SPLIT},
         {"raw", no_argument, NULL, OP_RAW},
         {"close-silently", no_argument, NULL, OP_CLOSE},
+        {"close-after-us", required_argument, NULL, OP_CLOSE_US},
         {"workers", required_argument, NULL, OP_WORKERS},
         {"help", no_argument, NULL, OP_HELP},
         {NULL, 0, NULL, 0},
