@@ -203,7 +203,9 @@ static int slot_get(mu_calls *m, uint32_t *out)
         m->free_slots = f;
         m->capslots = cap;
     }
-    m->gens[m->nslots] = 0;
+    /* A random first generation: ids of different clients (and of earlier
+     * uses of a slot) practically never meet. */
+    m->gens[m->nslots] = (uint32_t)mu_rand(&m->rng);
     *out = (uint32_t)m->nslots++;
     return 0;
 }
@@ -429,7 +431,8 @@ static void stop(call_t *k)
         mu_xfer_cancel(k->x);
         run_remove(k);
         e->lane.active--;
-        pump(e); /* before end_attempt, which may free e */
+        if (k->m->d.life->state == MU_LIFE_LIVE) /* no new work while freed */
+            pump(e);                             /* before end_attempt, which may free e */
         end_attempt(k);
     }
 }

@@ -189,7 +189,11 @@ static void attach(CURL *easy, conn_rec *c)
         return;
     x->attached = 1;
     x->first_reused = !x->opened_socket;
-    curl_easy_setopt(easy, CURLOPT_FRESH_CONNECT, 1L); /* a flag: cannot fail */
+    /* Only a kept connection can lead curl to resend (Curl_retry_request
+     * needs one). A second socket after a new one is curl trying the
+     * host's next address (a name with A and AAAA records): allowed. */
+    if (x->first_reused)
+        curl_easy_setopt(easy, CURLOPT_FRESH_CONNECT, 1L); /* a flag: cannot fail */
 }
 
 /* Python's http.server (Django's runserver) writes the headers and the body
@@ -468,16 +472,16 @@ int mu_transport_close_idle(mu_transport *t, const char *url)
 
 /* Notes that this attempt opened a socket, so that a cancel knows whether
  * CURLINFO_NUM_CONNECTS describes this attempt or is left from the last,
- * and records the connection. A second socket for one exchange (attach)
- * is curl resending on its own: the OS error that ended the first
- * connection is still recorded then, and the resend is refused. */
+ * and records the connection. A socket opened after the exchange was given
+ * a kept connection is curl resending on its own: the OS error that ended
+ * the kept connection is still recorded then, and the resend is refused. */
 static int on_sockopt(void *arg, curl_socket_t fd, curlsocktype purpose)
 {
     mu_xfer *x = arg;
     if (purpose != CURLSOCKTYPE_IPCXN)
         return CURL_SOCKOPT_OK;
     x->opened_socket = 1;
-    if (!x->attached) {
+    if (!x->attached || !x->first_reused) {
         conn_rec *c = conn_at(x->t, fd, 1);
         if (c) {
             free(c->url);

@@ -185,7 +185,9 @@ MU_EXPORT const char *mu_client_errmsg(const mu_client *client);
  * Names a call for mu_call_cancel(). Never 0 for a started call. An id
  * stays harmless forever: once its call's callback has run, cancelling it
  * does nothing, even though the library reuses its call objects (the id
- * carries a generation that cancel checks).
+ * carries a generation that cancel checks; generations start at random per
+ * client, so another client's id matches a call only by a 1 in 2^32
+ * chance).
  */
 typedef unsigned long long mu_call_id;
 
@@ -265,7 +267,8 @@ MU_EXPORT mu_status mu_call(mu_client *client, const char *target, const char *a
  * this function, with MU_ECANCELLED, and 1 is returned. The request may
  * already have reached the provider. Returns 0 and does nothing when the
  * call's callback has already run or is running (a stale id), for an id
- * that @p client never gave, and from inside the log sink.
+ * that @p client never gave (see mu_call_id), and from inside the log
+ * sink.
  */
 MU_EXPORT int mu_call_cancel(mu_client *client, mu_call_id id);
 
@@ -277,7 +280,7 @@ MU_EXPORT int mu_call_cancel(mu_client *client, mu_call_id id);
  */
 typedef struct mu_endpoint_info {
     const char *address;    /**< "host:port" */
-    int pending;            /**< Calls in flight to it (all methods). */
+    int pending;            /**< Attempts in flight or queued to it (all methods). */
     unsigned long long calls;    /**< Attempts sent to it. */
     unsigned long long failures; /**< Attempts that failed in transport. */
     int down;               /**< 1 while it is ejected after connect failures. */
