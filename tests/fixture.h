@@ -4,6 +4,8 @@
 #ifndef MU_TEST_FIXTURE_H
 #define MU_TEST_FIXTURE_H
 
+#include <stdarg.h>
+
 #include "testbed.h"
 #include "util.h"
 
@@ -49,6 +51,21 @@ static mu_client *client(mu_config *cfg)
     mu_client_set_log(c, MU_LOG_DEBUG, tu_log, NULL);
     mu_config_free(cfg);
     return c;
+}
+
+/* A provider of svc registered in the shared ZooKeeper, with up to 12 more
+ * arguments (NULL-terminated). */
+static inline tb_provider *provider(const char *svc, ...)
+{
+    const char *args[16] = {"--service", svc};
+    int n = 2;
+    va_list ap;
+    va_start(ap, svc);
+    for (const char *a; n < 14 && (a = va_arg(ap, const char *)) != NULL;)
+        args[n++] = a;
+    va_end(ap);
+    args[n] = NULL;
+    return tb_provider_start(tb_zk_connstr(zk), args);
 }
 
 #endif

@@ -16,21 +16,6 @@
 
 #include "fixture.h"
 
-/* A provider of svc with up to 6 more arguments (NULL-terminated). */
-static tb_provider *start(const char *svc, ...)
-{
-    const char *args[16] = {"--service", svc};
-    int n = 2;
-    va_list ap;
-    va_start(ap, svc);
-    for (const char *a; n < 14 && (a = va_arg(ap, const char *)) != NULL;)
-        args[n++] = a;
-    va_end(ap);
-    args[n] = NULL;
-    return tb_provider_start(tb_zk_connstr(zk), args);
-}
-
-
 /* ------------------------------------------------------------ load */
 
 /* Keeps `inflight` non-idempotent calls going until `total` have ended. */
@@ -113,7 +98,7 @@ static void test_every_variant_end_to_end(void **state)
     for (size_t i = 0; i < sizeof variants / sizeof variants[0]; i++) {
         char svc[32];
         snprintf(svc, sizeof svc, "var%zu", i);
-        tb_provider *p = start(svc, "--variant", variants[i], NULL);
+        tb_provider *p = provider(svc, "--variant", variants[i], NULL);
         assert_non_null(p);
         mu_client *c = client(tu_config("protocol", variants[i], NULL));
         char target[64];
@@ -140,7 +125,7 @@ static void test_every_variant_end_to_end(void **state)
 static void test_single_provider_in_startup_window(void **state)
 {
     (void)state;
-    tb_provider *p = start("win1", "--listen-delay-ms", "300", NULL);
+    tb_provider *p = provider("win1", "--listen-delay-ms", "300", NULL);
     assert_non_null(p);
     mu_client *c = client(tu_config(NULL));
     tu_outcome o;
@@ -164,7 +149,7 @@ static void test_all_providers_starting(void **state)
     (void)state;
     tb_provider *p[3];
     for (int i = 0; i < 3; i++) {
-        p[i] = start("winall", "--listen-delay-ms", "250", NULL);
+        p[i] = provider("winall", "--listen-delay-ms", "250", NULL);
         assert_non_null(p[i]);
     }
     mu_client *c = client(tu_config(NULL));
@@ -181,7 +166,7 @@ static void test_all_providers_starting(void **state)
 static void test_deadline_names_providers(void **state)
 {
     (void)state;
-    tb_provider *p = start("never", "--listen-delay-ms", "60000", NULL);
+    tb_provider *p = provider("never", "--listen-delay-ms", "60000", NULL);
     assert_non_null(p);
     mu_client *c = client(tu_config("deadline_ms", "600", NULL));
     tu_outcome o;
@@ -225,7 +210,7 @@ static void on_restart(evutil_socket_t fd, short what, void *arg)
     tb_provider_free(r->p);
     char port[16];
     snprintf(port, sizeof port, "%d", r->port);
-    r->p = start("roll", "--port", port, "--listen-delay-ms", "200", "--delay-ms", "1", "--raw",
+    r->p = provider("roll", "--port", port, "--listen-delay-ms", "200", "--delay-ms", "1", "--raw",
                  NULL);
     assert_non_null(r->p);
     r->phase = 2;
@@ -237,8 +222,8 @@ static void test_rolling_restart_loses_nothing(void **state)
     restart r = {0};
     /* Rolling: one of two restarts. (A service whose only provider is
      * deregistered has none for a moment: MU_ENOPROVIDER, at once.) */
-    tb_provider *other = start("roll", "--delay-ms", "1", "--raw", NULL);
-    r.p = start("roll", "--delay-ms", "1", "--raw", NULL);
+    tb_provider *other = provider("roll", "--delay-ms", "1", "--raw", NULL);
+    r.p = provider("roll", "--delay-ms", "1", "--raw", NULL);
     assert_non_null(other);
     assert_non_null(r.p);
     r.port = tb_provider_port(r.p);
@@ -271,7 +256,7 @@ static void test_rolling_restart_loses_nothing(void **state)
 static void test_split_writes(void **state)
 {
     (void)state;
-    tb_provider *p = start("split", "--split-writes", NULL);
+    tb_provider *p = provider("split", "--split-writes", NULL);
     assert_non_null(p);
     mu_client *c = client(tu_config(NULL));
     load l;
@@ -292,8 +277,8 @@ static void test_close_without_notice(void **state)
 {
     (void)state;
     tb_provider *p[2];
-    p[0] = start("closer", "--close-silently", "--close-after-us", "300", "--workers", "4", NULL);
-    p[1] = start("closer", "--close-silently", "--close-after-us", "300", NULL);
+    p[0] = provider("closer", "--close-silently", "--close-after-us", "300", "--workers", "4", NULL);
+    p[1] = provider("closer", "--close-silently", "--close-after-us", "300", NULL);
     assert_non_null(p[0]);
     assert_non_null(p[1]);
     mu_client *c = client(tu_config(NULL));
@@ -312,7 +297,7 @@ static void test_close_without_notice(void **state)
 static void test_one_connection_per_worker(void **state)
 {
     (void)state;
-    tb_provider *p = start("workers", "--workers", "4", NULL);
+    tb_provider *p = provider("workers", "--workers", "4", NULL);
     assert_non_null(p);
     mu_client *c = client(tu_config(NULL));
     load l;
