@@ -665,9 +665,40 @@ mu_status mu_client_watch(mu_client *c, const char *target, mu_watch_fn fn, void
     return MU_OK;
 }
 
+/* yajl_tree builds and frees a tree by recursion: a result nested 300,000
+ * levels deep (600 KB, well under max_response_bytes) overflowed the stack.
+ * 1 if text nests deeper than max (brackets outside strings). */
+static int nests_deeper(const char *text, size_t len, size_t max)
+{
+    size_t depth = 0;
+    int in_string = 0;
+    for (size_t i = 0; i < len; i++) {
+        char ch = text[i];
+        if (in_string) {
+            if (ch == '\\')
+                i++;
+            else if (ch == '"')
+                in_string = 0;
+        } else if (ch == '"') {
+            in_string = 1;
+        } else if (ch == '[' || ch == '{') {
+            if (++depth > max)
+                return 1;
+        } else if ((ch == ']' || ch == '}') && depth > 0) {
+            depth--;
+        }
+    }
+    return 0;
+}
+
 yajl_val mu_result_parse(const mu_result *r, char *err, size_t errlen)
 {
     if (!r || !r->result)
         return NULL;
+    if (nests_deeper(r->result, r->result_len, MU_RESULT_MAX_DEPTH)) {
+        if (err && errlen)
+            mu_fmt(err, errlen, "the result nests deeper than %d levels", MU_RESULT_MAX_DEPTH);
+        return NULL;
+    }
     return yajl_tree_parse(r->result, err, errlen);
 }

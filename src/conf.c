@@ -297,6 +297,8 @@ mu_status mu_config_set(mu_config *cfg, const char *key, const char *value)
 
 const char *mu_config_get(const mu_config *cfg, const char *key)
 {
+    if (!key)
+        return NULL;
     int i = find_key(key);
     if (i >= 0)
         return cfg && cfg->values[i] ? cfg->values[i] : keys[i].def;
@@ -406,10 +408,18 @@ mu_status mu_config_load_env(mu_config *cfg)
     if ((h && *h) || (p && *p)) {
         char hosts[512];
         /* MICRO_ZK_HOST may already carry ports (an ensemble). */
-        if (h && strchr(h, ':'))
-            mu_fmt(hosts, sizeof hosts, "%s", h);
-        else
-            mu_fmt(hosts, sizeof hosts, "%s:%s", h && *h ? h : "127.0.0.1", p && *p ? p : "2181");
+        int n = h && strchr(h, ':')
+                    ? snprintf(hosts, sizeof hosts, "%s", h)
+                    : snprintf(hosts, sizeof hosts, "%s:%s", h && *h ? h : "127.0.0.1",
+                               p && *p ? p : "2181");
+        if (n < 0 || (size_t)n >= sizeof hosts) {
+            /* Cut, it could be a different, valid host list. */
+            mu_fmt(cfg->error, sizeof cfg->error,
+                   "MICRO_ZK_HOST/MICRO_ZK_PORT: the host list is %d characters, over the %zu "
+                   "allowed",
+                   n, sizeof hosts - 1);
+            return MU_ECONFIG;
+        }
         if (mu_config_set(cfg, "zk_hosts", hosts) != MU_OK) {
             char why[sizeof cfg->error];
             memcpy(why, cfg->error, sizeof why);
@@ -422,7 +432,7 @@ mu_status mu_config_load_env(mu_config *cfg)
         char *end;
         errno = 0;
         double secs = strtod(t, &end);
-        if (errno || end == t || *end || secs <= 0 || secs > 3600) {
+        if (errno || end == t || *end || !(secs > 0 && secs <= 3600)) { /* NaN fails too */
             mu_fmt(cfg->error, sizeof cfg->error,
                    "MICRO_CLIENT_TIMEOUT = '%s': expected seconds, more than 0 and at most 3600", t);
             return MU_ECONFIG;

@@ -402,6 +402,38 @@ static void test_result_parse(void **state)
     tb_provider_free(p);
 }
 
+/* A result nested deeper than MU_RESULT_MAX_DEPTH is refused with a clean
+ * error; 300,000 levels crashed yajl_tree's recursion before. Brackets in
+ * strings do not count. */
+static void test_result_parse_depth(void **state)
+{
+    (void)state;
+    size_t deep = 300000;
+    char *text = malloc(2 * deep + 1);
+    assert_non_null(text);
+    memset(text, '[', deep);
+    memset(text + deep, ']', deep);
+    text[2 * deep] = '\0';
+    mu_result r = {.status = MU_OK, .result = text, .result_len = 2 * deep, .detail = ""};
+    char err[128] = "";
+    assert_null(mu_result_parse(&r, err, sizeof err));
+    assert_non_null(strstr(err, "deeper than 512"));
+    /* 512 levels parse; brackets inside strings are text. */
+    snprintf(text, 2 * deep + 1, "%s", "");
+    size_t n = 0;
+    for (int i = 0; i < MU_RESULT_MAX_DEPTH; i++)
+        text[n++] = '[';
+    n += (size_t)sprintf(text + n, "\"[[[[\\\"[[\"");
+    for (int i = 0; i < MU_RESULT_MAX_DEPTH; i++)
+        text[n++] = ']';
+    text[n] = '\0';
+    r.result_len = n;
+    yajl_val v = mu_result_parse(&r, err, sizeof err);
+    assert_non_null(v);
+    yajl_tree_free(v);
+    free(text);
+}
+
 static void test_remote_errors(void **state)
 {
     (void)state;
@@ -906,6 +938,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_free_from_callback, setup, teardown),
         cmocka_unit_test_setup_teardown(test_misuse, setup, teardown),
         cmocka_unit_test_setup_teardown(test_abi, setup, teardown),
+        cmocka_unit_test(test_result_parse_depth),
         cmocka_unit_test_setup_teardown(test_reentrant_edges, setup, teardown),
         cmocka_unit_test_setup_teardown(test_drain_does_not_starve_the_loop, setup, teardown),
         cmocka_unit_test_setup_teardown(test_free_from_log_sink, setup, teardown),

@@ -135,14 +135,35 @@ static void test_environment(void **state)
     setenv("MICRO_CLIENT_TIMEOUT", "ten", 1);
     assert_int_equal(mu_config_load_env(c), MU_ECONFIG);
     assert_non_null(strstr(mu_config_error(c), "MICRO_CLIENT_TIMEOUT = 'ten'"));
+    /* strtod reads "nan" and "inf"; neither is a number of seconds. */
+    static const char *const nonsense[] = {"nan", "-nan", "inf", "0", "-1", "3601"};
+    for (size_t i = 0; i < sizeof nonsense / sizeof nonsense[0]; i++) {
+        setenv("MICRO_CLIENT_TIMEOUT", nonsense[i], 1);
+        assert_int_equal(mu_config_load_env(c), MU_ECONFIG);
+        assert_non_null(strstr(mu_config_error(c), "MICRO_CLIENT_TIMEOUT"));
+    }
+    assert_string_equal(mu_config_get(c, "timeout_ms"), "2500"); /* unchanged */
     unsetenv("MICRO_CLIENT_TIMEOUT");
     setenv("MU_RETRIES", "-1", 1);
     assert_int_equal(mu_config_load_env(c), MU_ECONFIG);
     assert_non_null(strstr(mu_config_error(c), "environment MU_RETRIES: retries = '-1'"));
     unsetenv("MU_RETRIES");
     unsetenv("MU_POLICY");
+    /* A host list too long to keep is refused, not cut into another one. */
+    char longhosts[700];
+    size_t n = 0;
+    while (n + 16 < sizeof longhosts)
+        n += (size_t)snprintf(longhosts + n, sizeof longhosts - n, "10.0.0.%zu:2181,", n % 200);
+    longhosts[n - 1] = '\0';
+    setenv("MICRO_ZK_HOST", longhosts, 1);
+    assert_int_equal(mu_config_load_env(c), MU_ECONFIG);
+    assert_non_null(strstr(mu_config_error(c), "MICRO_ZK_HOST"));
+    assert_string_equal(mu_config_get(c, "zk_hosts"), "10.0.0.1:2181,10.0.0.2:2181");
     unsetenv("MICRO_ZK_HOST");
     unsetenv("MICRO_ZK_PORT");
+    /* A NULL key is a miss, not a crash. */
+    assert_null(mu_config_get(c, NULL));
+    assert_null(mu_config_get(NULL, NULL));
     mu_config_free(c);
 }
 

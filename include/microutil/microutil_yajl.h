@@ -15,10 +15,15 @@
 extern "C" {
 #endif
 
+/** The deepest nesting of arrays and objects mu_result_parse() accepts. */
+#define MU_RESULT_MAX_DEPTH 512
+
 /**
  * Parses r->result into a yajl tree (see <yajl/yajl_tree.h>), for callers
  * who want a tree rather than text. The caller owns the tree and frees it
- * with yajl_tree_free(). NULL on error, with a message in @p err.
+ * with yajl_tree_free(). NULL on error, with a message in @p err; a result
+ * nested deeper than MU_RESULT_MAX_DEPTH is refused (yajl_tree builds and
+ * frees trees by recursion, so a deep one would overflow the stack).
  */
 MU_EXPORT yajl_val mu_result_parse(const mu_result *r, char *err, size_t errlen);
 
