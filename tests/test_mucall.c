@@ -207,9 +207,45 @@ static void test_load_json_and_list(void **state)
     assert_non_null(strstr(out, "pending=0"));
 }
 
+/* Open-loop load: R calls/s on a schedule, latency from each due time. */
+static void test_open_loop(void **state)
+{
+    (void)state;
+    assert_int_equal(run("--zk", tb_zk_connstr(zk), "--rate", "200", "-d", "1", "--json",
+                         "cli:echo", "7"),
+                     0);
+    char e[256];
+    yajl_val v = yajl_tree_parse(out, e, sizeof e);
+    if (!v)
+        fail_msg("not JSON: %s: %s", e, out);
+    const char *keys[] = {"calls", "rate", "late", "p50_us", "p90_us", "p99_us", "p999_us",
+                          "max_us"};
+    for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++) {
+        const char *path[] = {keys[i], NULL};
+        if (!yajl_tree_get(v, path, yajl_t_number))
+            fail_msg("missing %s in %s", keys[i], out);
+    }
+    const char *calls[] = {"calls", NULL}, *wall[] = {"wall_s", NULL};
+    assert_int_equal(YAJL_GET_INTEGER(yajl_tree_get(v, calls, yajl_t_number)), 200);
+    /* The schedule spans the second, whatever the calls take. */
+    assert_true(YAJL_GET_DOUBLE(yajl_tree_get(v, wall, yajl_t_number)) >= 0.99);
+    yajl_tree_free(v);
+    assert_int_equal(run("--zk", tb_zk_connstr(zk), "--rate", "50", "-d", "1", "cli:whoami"), 0);
+    assert_non_null(strstr(out, "50 calls (50 ok, 0 failed) at 50.0 calls/s"));
+    assert_non_null(strstr(out, "started late"));
+    assert_non_null(strstr(out, "p99.9"));
+    /* Misuse. */
+    assert_int_equal(run("--rate", "10", "cli:echo"), 2);
+    assert_non_null(strstr(err, "--rate R and -d SECONDS go together"));
+    assert_int_equal(run("--rate", "10", "-d", "1", "-n", "5", "cli:echo"), 2);
+    assert_int_equal(run("--rate", "nan", "-d", "1", "cli:echo"), 2);
+    assert_int_equal(run("--rate", "0.5", "-d", "1", "cli:echo"), 2);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_open_loop),
         cmocka_unit_test(test_decode),
         cmocka_unit_test(test_single_calls),
         cmocka_unit_test(test_usage_errors),

@@ -29,6 +29,7 @@ static void usage(FILE *out)
     fprintf(out,
             "usage: mucall [OPTIONS] SERVICE:METHOD [ARG ...] [--kw NAME=VALUE ...]\n"
             "       mucall [OPTIONS] -n N -c C [--json] SERVICE:METHOD [ARG ...]\n"
+            "       mucall [OPTIONS] --rate R -d SECONDS [--json] SERVICE:METHOD [ARG ...]\n"
             "       mucall [OPTIONS] --list SERVICE:METHOD\n"
             "       mucall --decode FILE\n"
             "\n"
@@ -47,6 +48,9 @@ static void usage(FILE *out)
             "  --idempotent        the call may safely run twice (retry timeouts too)\n"
             "  --kw NAME=VALUE     a keyword argument\n"
             "  -n N, -c C          load mode: N calls with C in flight; prints a summary\n"
+            "  --rate R -d SECONDS open-loop load: R calls/s on a fixed schedule for SECONDS,\n"
+            "                      whether or not earlier calls ended; latency counts from\n"
+            "                      each call's due time; reports calls that started late\n"
             "  --json              load mode: print the summary as one JSON line\n"
             "  --list TARGET       print the providers discovery sees for TARGET\n"
             "  --decode FILE       decode a saved response body and print its JSON\n"
@@ -166,7 +170,19 @@ typedef struct app {
     long errors[32];
     struct event *progress;
     int verbose;
+    /* open-loop mode (--rate): call i is due at t0_us + i * 1e6 / rate */
+    double rate, duration_s;
+    uint64_t t0_us;
+    long late;             /* calls started more than 1 ms after they were due */
+    struct rate_slot *slots;
+    struct event *tick;
 } app;
+
+/* One open-loop call: whose, and which (its due time follows from i). */
+typedef struct rate_slot {
+    app *a;
+    long i;
+} rate_slot;
 
 static void on_single(const mu_result *r, void *user)
 {
@@ -209,11 +225,13 @@ static void load_fill(app *a)
         event_base_loopbreak(a->base);
 }
 
-static void on_load(const mu_result *r, void *user)
+static void on_list_timeout(evutil_socket_t fd, short what, void *arg);
+
+/* Counts one ended call of either load mode, with its latency. */
+static void record(app *a, const mu_result *r, uint64_t latency_us)
 {
-    app *a = user;
     a->inflight--;
-    a->lat_us[a->done++] = r->latency_us > 0xffffffffu ? 0xffffffffu : (unsigned)r->latency_us;
+    a->lat_us[a->done++] = latency_us > 0xffffffffu ? 0xffffffffu : (unsigned)latency_us;
     if (r->status == MU_OK)
         a->ok++;
     else if ((unsigned)r->status < 32)
@@ -227,7 +245,87 @@ static void on_load(const mu_result *r, void *user)
         if (i < 256)
             a->ep_counts[i]++;
     }
+}
+
+static void on_load(const mu_result *r, void *user)
+{
+    app *a = user;
+    record(a, r, r->latency_us);
     load_fill(a);
+}
+
+/* ------------------------------------------------------ open-loop mode */
+
+/* Calls start on a fixed schedule whether or not earlier ones ended, and
+ * each latency counts from the call's due time, not its actual start (as
+ * wrk2 and ghz --rps do): a stalled provider shows in the tail instead of
+ * slowing the load down and hiding. */
+static uint64_t due_us(const app *a, long i)
+{
+    return a->t0_us + (uint64_t)((double)i * 1e6 / a->rate);
+}
+
+static void on_rate_done(const mu_result *r, void *user)
+{
+    rate_slot *sl = user;
+    app *a = sl->a;
+    record(a, r, mu_now_us() - due_us(a, sl->i));
+    if (a->done == a->total)
+        event_base_loopbreak(a->base);
+}
+
+static void rate_tick(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    app *a = arg;
+    uint64_t now = mu_now_us();
+    while (a->started < a->total && due_us(a, a->started) <= now) {
+        rate_slot *sl = &a->slots[a->started];
+        if (now - due_us(a, a->started) > 1000)
+            a->late++;
+        sl->a = a;
+        sl->i = a->started++;
+        a->inflight++;
+        if (mu_call(a->client, a->target, a->args, a->kwargs, &a->opts, on_rate_done, sl, NULL) !=
+            MU_OK) {
+            fprintf(stderr, "mucall: %s\n", mu_client_errmsg(a->client));
+            a->refused = 1;
+            a->total = a->started - 1;
+            a->inflight--;
+            break;
+        }
+    }
+    if (a->done >= a->total) {
+        event_base_loopbreak(a->base);
+        return;
+    }
+    if (a->started < a->total) {
+        uint64_t next = due_us(a, a->started), wait = next > now ? next - now : 0;
+        struct timeval tv = {(time_t)(wait / 1000000u), (suseconds_t)(wait % 1000000u)};
+        evtimer_add(a->tick, &tv);
+    }
+}
+
+static void on_loaded(const char *target, size_t n, void *user)
+{
+    (void)target;
+    (void)n;
+    event_base_loopbreak(((app *)user)->base);
+}
+
+/* Discovery first, so that the schedule measures calls, not the load of
+ * the target's providers. */
+static void wait_loaded(app *a)
+{
+    struct event *t = evtimer_new(a->base, on_list_timeout, a);
+    struct timeval tv = {10, 0};
+    if (mu_client_watch(a->client, a->target, on_loaded, a) == MU_OK && t &&
+        evtimer_add(t, &tv) == 0)
+        event_base_dispatch(a->base);
+    mu_client_watch(a->client, a->target, NULL, NULL);
+    if (t)
+        event_free(t);
 }
 
 static void on_progress(evutil_socket_t fd, short what, void *arg)
@@ -257,13 +355,73 @@ static double tv_s(struct timeval tv)
     return (double)tv.tv_sec + (double)tv.tv_usec / 1e6;
 }
 
+static void print_json(const app *a, double wall, double user, double sys)
+{
+    long n = a->done, failed = a->done - a->ok;
+    printf("{\"calls\": %ld, \"ok\": %ld, \"failed\": %ld, ", n, a->ok, failed);
+    if (a->rate > 0)
+        printf("\"rate\": %.1f, \"late\": %ld, ", a->rate, a->late);
+    else
+        printf("\"in_flight\": %ld, ", a->window);
+    printf("\"wall_s\": %.6f, \"calls_per_s\": %.1f, \"cpu_user_s\": %.6f, \"cpu_sys_s\": %.6f, "
+           "\"cpu_us_per_call\": %.3f, \"p50_us\": %u, \"p90_us\": %u, \"p99_us\": %u, "
+           "\"p999_us\": %u, \"max_us\": %u, \"per_endpoint\": {",
+           wall, wall > 0 ? (double)n / wall : 0, user, sys, n ? (user + sys) * 1e6 / (double)n : 0,
+           pct(a->lat_us, n, 0.5), pct(a->lat_us, n, 0.9), pct(a->lat_us, n, 0.99),
+           pct(a->lat_us, n, 0.999), n ? a->lat_us[n - 1] : 0);
+    for (int i = 0; i < a->neps; i++)
+        printf("%s\"%s\": %ld", i ? ", " : "", a->eps[i], a->ep_counts[i]);
+    printf("}, \"errors\": {");
+    int first = 1;
+    for (int st = 0; st < 32; st++) {
+        if (!a->errors[st])
+            continue;
+        printf("%s\"%s\": %ld", first ? "" : ", ", mu_status_name((mu_status)st), a->errors[st]);
+        first = 0;
+    }
+    printf("}}\n");
+}
+
+static void print_text(const app *a, double wall, double user, double sys)
+{
+    long n = a->done, failed = a->done - a->ok;
+    if (a->rate > 0)
+        printf("%ld calls (%ld ok, %ld failed) at %.1f calls/s for %.3f s; %ld started late "
+               "(over 1 ms after they were due)\n",
+               n, a->ok, failed, a->rate, wall, a->late);
+    else
+        printf("%ld calls (%ld ok, %ld failed) with %ld in flight in %.3f s\n", n, a->ok, failed,
+               a->window, wall);
+    printf("  %.0f calls/s, client CPU %.1f us/call (user %.3f s, sys %.3f s)\n",
+           wall > 0 ? (double)n / wall : 0, n ? (user + sys) * 1e6 / (double)n : 0, user, sys);
+    printf("  latency%s p50 %.3f ms, p90 %.3f ms, p99 %.3f ms, p99.9 %.3f ms, max %.3f ms\n",
+           a->rate > 0 ? " from the due time:" : "", pct(a->lat_us, n, 0.5) / 1e3,
+           pct(a->lat_us, n, 0.9) / 1e3, pct(a->lat_us, n, 0.99) / 1e3,
+           pct(a->lat_us, n, 0.999) / 1e3, (n ? a->lat_us[n - 1] : 0) / 1e3);
+    printf("  calls per endpoint:\n");
+    for (int i = 0; i < a->neps; i++)
+        printf("    %-22s %8ld  %5.1f%%\n", a->eps[i], a->ep_counts[i],
+               100.0 * (double)a->ep_counts[i] / (double)(n ? n : 1));
+    if (failed) {
+        printf("  errors:\n");
+        for (int st = 0; st < 32; st++)
+            if (a->errors[st])
+                printf("    %-16s %8ld\n", mu_status_name((mu_status)st), a->errors[st]);
+    }
+}
+
+/* Runs either load mode to its end and prints the summary. */
 static int run_load(app *a, int json)
 {
     a->lat_us = calloc((size_t)a->total + 1, sizeof *a->lat_us);
-    if (!a->lat_us) {
+    a->slots = a->rate > 0 ? calloc((size_t)a->total + 1, sizeof *a->slots) : NULL;
+    a->tick = a->rate > 0 ? evtimer_new(a->base, rate_tick, a) : NULL;
+    if (!a->lat_us || (a->rate > 0 && (!a->slots || !a->tick))) {
         fprintf(stderr, "mucall: out of memory\n");
         return EXIT_FAIL;
     }
+    if (a->rate > 0)
+        wait_loaded(a);
     if (isatty(2) && !json) {
         a->progress = event_new(a->base, -1, EV_PERSIST, on_progress, a);
         struct timeval tv = {0, 200000};
@@ -271,8 +429,11 @@ static int run_load(app *a, int json)
     }
     struct rusage ru0, ru1;
     getrusage(RUSAGE_SELF, &ru0);
-    uint64_t t0 = mu_now_us();
-    load_fill(a);
+    uint64_t t0 = a->t0_us = mu_now_us();
+    if (a->rate > 0)
+        rate_tick(-1, 0, a);
+    else
+        load_fill(a);
     if (a->done < a->total)
         event_base_dispatch(a->base);
     double wall = (double)(mu_now_us() - t0) / 1e6;
@@ -281,50 +442,18 @@ static int run_load(app *a, int json)
         event_free(a->progress);
         fprintf(stderr, "\r%60s\r", "");
     }
+    qsort(a->lat_us, (size_t)a->done, sizeof *a->lat_us, cmp_u);
     double user = tv_s(ru1.ru_utime) - tv_s(ru0.ru_utime);
     double sys = tv_s(ru1.ru_stime) - tv_s(ru0.ru_stime);
-    qsort(a->lat_us, (size_t)a->done, sizeof *a->lat_us, cmp_u);
-    long n = a->done, failed = a->done - a->ok;
-    double cps = wall > 0 ? (double)n / wall : 0;
-    double cpu_us = n ? (user + sys) * 1e6 / (double)n : 0;
-    if (json) {
-        printf("{\"calls\": %ld, \"ok\": %ld, \"failed\": %ld, \"in_flight\": %ld, \"wall_s\": %.6f, "
-               "\"calls_per_s\": %.1f, \"cpu_user_s\": %.6f, \"cpu_sys_s\": %.6f, "
-               "\"cpu_us_per_call\": %.3f, \"p50_us\": %u, \"p90_us\": %u, \"p99_us\": %u, "
-               "\"max_us\": %u, \"per_endpoint\": {",
-               n, a->ok, failed, a->window, wall, cps, user, sys, cpu_us, pct(a->lat_us, n, 0.5),
-               pct(a->lat_us, n, 0.9), pct(a->lat_us, n, 0.99), n ? a->lat_us[n - 1] : 0);
-        for (int i = 0; i < a->neps; i++)
-            printf("%s\"%s\": %ld", i ? ", " : "", a->eps[i], a->ep_counts[i]);
-        printf("}, \"errors\": {");
-        int first = 1;
-        for (int s = 0; s < 32; s++) {
-            if (!a->errors[s])
-                continue;
-            printf("%s\"%s\": %ld", first ? "" : ", ", mu_status_name((mu_status)s), a->errors[s]);
-            first = 0;
-        }
-        printf("}}\n");
-    } else {
-        printf("%ld calls (%ld ok, %ld failed) with %ld in flight in %.3f s\n", n, a->ok, failed,
-               a->window, wall);
-        printf("  %.0f calls/s, client CPU %.1f us/call (user %.3f s, sys %.3f s)\n", cps, cpu_us,
-               user, sys);
-        printf("  latency p50 %.3f ms, p90 %.3f ms, p99 %.3f ms, max %.3f ms\n",
-               pct(a->lat_us, n, 0.5) / 1e3, pct(a->lat_us, n, 0.9) / 1e3,
-               pct(a->lat_us, n, 0.99) / 1e3, (n ? a->lat_us[n - 1] : 0) / 1e3);
-        printf("  calls per endpoint:\n");
-        for (int i = 0; i < a->neps; i++)
-            printf("    %-22s %8ld  %5.1f%%\n", a->eps[i], a->ep_counts[i],
-                   100.0 * (double)a->ep_counts[i] / (double)(n ? n : 1));
-        if (failed) {
-            printf("  errors:\n");
-            for (int s = 0; s < 32; s++)
-                if (a->errors[s])
-                    printf("    %-16s %8ld\n", mu_status_name((mu_status)s), a->errors[s]);
-        }
-    }
+    if (json)
+        print_json(a, wall, user, sys);
+    else
+        print_text(a, wall, user, sys);
+    long failed = a->done - a->ok;
     free(a->lat_us);
+    free(a->slots);
+    if (a->tick)
+        event_free(a->tick);
     if (a->refused)
         return EXIT_USAGE;
     return failed ? EXIT_FAIL : 0;
@@ -462,6 +591,18 @@ int main(int argc, char **argv)
                 a.total = n;
             else
                 a.window = n;
+        } else if (strcmp(s, "--rate") == 0 || strcmp(s, "-d") == 0) {
+            NEED_VAL();
+            char *end;
+            double v = strtod(val, &end);
+            if (*end || !(v > 0 && v <= 1e6)) {
+                fprintf(stderr, "mucall: %s takes a number more than 0 and at most 1000000\n", s);
+                return EXIT_USAGE;
+            }
+            if (s[1] == 'd')
+                a.duration_s = v;
+            else
+                a.rate = v;
         } else if (strcmp(s, "--json") == 0) {
             json = 1;
         } else if (strcmp(s, "--list") == 0) {
@@ -489,6 +630,16 @@ int main(int argc, char **argv)
         usage(stderr);
         return EXIT_USAGE;
     }
+    if ((a.rate > 0) != (a.duration_s > 0) || (a.rate > 0 && (a.total || a.window))) {
+        fprintf(stderr, "mucall: --rate R and -d SECONDS go together, and not with -n or -c\n");
+        return EXIT_USAGE;
+    }
+    if (a.rate > 0 && !(a.rate * a.duration_s >= 1 && a.rate * a.duration_s <= 100000000)) {
+        fprintf(stderr, "mucall: --rate times -d must make 1 to 100000000 calls\n");
+        return EXIT_USAGE;
+    }
+    if (a.rate > 0)
+        a.total = (long)(a.rate * a.duration_s);
     if (a.window && !a.total)
         a.total = a.window;
     if (a.total && !a.window)
@@ -556,7 +707,14 @@ int main(int argc, char **argv)
     a.args = args.data;
     a.kwargs = kwargs.data;
 
-    a.base = event_base_new();
+    /* Precise timers (timerfd with epoll): the open-loop schedule must not
+     * start calls a millisecond late by rounding. */
+    struct event_config *ecfg = event_config_new();
+    if (ecfg)
+        event_config_set_flag(ecfg, EVENT_BASE_FLAG_PRECISE_TIMER);
+    a.base = ecfg ? event_base_new_with_config(ecfg) : NULL;
+    if (ecfg)
+        event_config_free(ecfg);
     mu_status st = a.base ? mu_client_new(a.base, cfg, &a.client) : MU_ENOMEM;
     mu_config_free(cfg);
     if (st != MU_OK) {
