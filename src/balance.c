@@ -78,7 +78,8 @@ enum { INITIAL_LEVELS = 16, RANDOM_TRIES = 8, P2C_DRAWS = 8, LP_BUDGET = 32 };
 
 /* ------------------------------------------------------------------ names */
 
-static const char *const policy_names[] = {"round-robin", "random", "least-pending", "p2c"};
+static const char *const policy_names[] = {"round-robin", "random", "least-pending", "p2c",
+                                           "ewma"};
 
 int mu_policy_parse(const char *name)
 {
@@ -639,6 +640,38 @@ static mu_endpoint *pick_p2c(mu_pool *p, const pick_ctx *c)
     return scan(p, c, SCAN_MIN_PENDING);
 }
 
+/* ewma: two distinct eligible endpoints at random, the cheaper by
+ * mu_health_cost() wins (Finagle's and Linkerd's P2C over peak EWMA). An
+ * endpoint with no latency sample yet is costed as its rival, so a new one
+ * is neither flooded nor starved; pending breaks that tie. */
+static mu_endpoint *pick_ewma(mu_pool *p, const pick_ctx *c)
+{
+    mu_endpoint *two[2] = {NULL, NULL};
+    size_t n = p->n, ia = SIZE_MAX;
+    for (int t = 0; t < P2C_DRAWS && !two[1]; t++) {
+        size_t i = ia == SIZE_MAX ? rand_below(c->rng, n) : rand_below(c->rng, n - 1);
+        if (ia != SIZE_MAX && i >= ia)
+            i++;
+        if (!eligible(c, p->eps[i]))
+            continue;
+        two[ia == SIZE_MAX ? 0 : 1] = p->eps[i];
+        if (ia == SIZE_MAX)
+            ia = i;
+    }
+    if (!two[1])
+        return two[0] ? two[0] : scan(p, c, SCAN_MIN_PENDING);
+    uint64_t la = two[0]->health.ewma_us ? mu_health_cost(two[0], c->now, 0) /
+                                               (uint64_t)(two[0]->pending + 1)
+                                         : 0;
+    uint64_t lb = two[1]->health.ewma_us ? mu_health_cost(two[1], c->now, 0) /
+                                               (uint64_t)(two[1]->pending + 1)
+                                         : 0;
+    uint64_t ca = mu_health_cost(two[0], c->now, lb), cb = mu_health_cost(two[1], c->now, la);
+    if (ca != cb)
+        return ca < cb ? two[0] : two[1];
+    return (mu_rand(c->rng) >> 63) ? two[0] : two[1];
+}
+
 /* Least pending among the endpoints not known to be down: walk up from
  * the lowest level, parking the down ones met. Avoided nodes are skipped;
  * once a level has shown more of them than navoid it has been walked round
@@ -710,6 +743,8 @@ static mu_endpoint *pick_step(mu_pool *p, mu_policy policy, const pick_ctx *c)
         return c->excl_down ? pick_lp_up(p, c) : pick_lp_all(p, c);
     case MU_POLICY_P2C:
         return pick_p2c(p, c);
+    case MU_POLICY_EWMA:
+        return pick_ewma(p, c);
     case MU_POLICY_ROUND_ROBIN:
     default:
         return pick_rr(p, c);

@@ -23,6 +23,7 @@ typedef enum mu_policy {
     MU_POLICY_RANDOM = 1,
     MU_POLICY_LEAST_PENDING = 2,
     MU_POLICY_P2C = 3, /* power of two choices on pending */
+    MU_POLICY_EWMA = 4, /* power of two choices on latency x (pending + 1) */
 } mu_policy;
 
 /* Parses "round-robin", "random", "least-pending", "p2c". -1 if unknown. */

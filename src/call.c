@@ -328,7 +328,11 @@ static void queue_remove(call_t *k)
 
 static void run_remove(call_t *k)
 {
-    dl_remove(&k->ep->lane.run_head, &k->ep->lane.run_tail, k);
+    mu_endpoint *e = k->ep;
+    int was_oldest = e->lane.run_head == k;
+    dl_remove(&e->lane.run_head, &e->lane.run_tail, k);
+    if (was_oldest)
+        mu_health_inflight(k->m->d.health, e, e->lane.run_head ? e->lane.run_head->launch_us : 0);
 }
 
 static void waiting_remove(call_t *k)
@@ -371,6 +375,8 @@ static int launch(call_t *k)
     k->launch_us = now;
     k->reused_before = e->health.reuse_ok;
     dl_append(&e->lane.run_head, &e->lane.run_tail, k);
+    if (e->lane.run_head == k)
+        mu_health_inflight(k->m->d.health, e, now);
     return 0;
 }
 
@@ -1043,7 +1049,8 @@ mu_status mu_calls_start(mu_calls *m, mu_target *t, const char *method, const ch
     int policy = -1;
     if (o->policy && (policy = mu_policy_parse(o->policy)) < 0) {
         mu_fmt(err, errcap,
-               "mu_call: unknown policy '%s' (round-robin, random, least-pending, p2c)", o->policy);
+               "mu_call: unknown policy '%s' (round-robin, random, least-pending, p2c, ewma)",
+               o->policy);
         return MU_EINVAL;
     }
     call_t *k = call_get(m);

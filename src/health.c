@@ -123,9 +123,52 @@ static void learn_quickack(mu_health *h, mu_endpoint *e, const mu_attempt_report
            e->key, r->body_len, (unsigned long long)(r->body_wait_us / 1000));
 }
 
+/* Latency (docs/design.md, health): a peak-sensitive moving average, as
+ * Finagle's PeakEwma: a sample above the average replaces it at once (a
+ * slow provider is seen at its first slow answer); a lower one pulls it
+ * down by 1/8. Between samples it halves every EWMA_HALFLIFE_US, so an
+ * endpoint that went slow and got no traffic since is tried again. */
+#define EWMA_HALFLIFE_US 2000000u
+
+static uint64_t ewma_now(const mu_health_ep *s, uint64_t now)
+{
+    uint64_t halves = now > s->ewma_at_us ? (now - s->ewma_at_us) / EWMA_HALFLIFE_US : 0;
+    return halves >= 63 ? 0 : s->ewma_us >> halves;
+}
+
+static void ewma_sample(mu_health_ep *s, uint64_t sample_us, uint64_t now)
+{
+    uint64_t cur = ewma_now(s, now);
+    if (!s->ewma_us || sample_us >= cur)
+        s->ewma_us = sample_us ? sample_us : 1;
+    else
+        s->ewma_us = cur - (cur - sample_us) / 8;
+    s->ewma_at_us = now;
+}
+
+void mu_health_inflight(mu_health *h, mu_endpoint *e, uint64_t launch_us)
+{
+    MU_UNUSED(h);
+    e->health.oldest_us = launch_us;
+}
+
+uint64_t mu_health_cost(const mu_endpoint *e, uint64_t now_us, uint64_t neutral)
+{
+    const mu_health_ep *s = &e->health;
+    uint64_t lat = s->ewma_us ? ewma_now(s, now_us) : neutral;
+    uint64_t age = s->oldest_us && now_us > s->oldest_us ? now_us - s->oldest_us : 0;
+    if (age > lat)
+        lat = age; /* a stalled endpoint costs more before any call to it ends */
+    return (lat ? lat : 1) * (uint64_t)(e->pending + 1);
+}
+
 int mu_health_ended(mu_health *h, mu_endpoint *e, const mu_attempt_report *r)
 {
     learn_quickack(h, e, r);
+    /* Answers and failures after sending are latency samples; a timeout
+     * counts as long as it lasted. Refusals and neutral ends are not. */
+    if (r->signal == MU_SIG_ANSWERED || r->signal == MU_SIG_TIMEOUT || r->signal == MU_SIG_BROKEN)
+        ewma_sample(&e->health, r->latency_us, mu_now_us());
     mu_health_ep *s = &e->health;
     int verdict = learn_keepalive(h, e, r);
     switch (r->signal) {

@@ -36,6 +36,9 @@ typedef struct mu_health_ep {
     uint64_t reuse_ok;      /* answers that came over a kept connection */
     int no_reuse;           /* it does not keep connections usable: one per call */
     int quickack;           /* it holds answers' bodies back until our ACK */
+    uint64_t ewma_us;       /* peak-sensitive moving average of its latency; 0: no sample */
+    uint64_t ewma_at_us;    /* when ewma_us was last updated */
+    uint64_t oldest_us;     /* launch time of its oldest attempt in flight; 0: none */
 } mu_health_ep;
 
 typedef struct mu_health_opts {
@@ -86,6 +89,16 @@ uint64_t mu_health_stall_wait(const mu_health *h, const struct mu_endpoint *e,
                               const mu_inflight *oldest);
 /* That time has passed with the oldest attempt still unanswered. */
 int mu_health_stalled(mu_health *h, struct mu_endpoint *e, const mu_inflight *oldest);
+
+/* The oldest attempt in flight on e began at launch_us (0: none in flight).
+ * call.c tells whenever that changes. */
+void mu_health_inflight(mu_health *h, struct mu_endpoint *e, uint64_t launch_us);
+
+/* What an attempt on e is expected to cost now, for the ewma policy:
+ * max(latency average decayed by time, age of the oldest attempt in
+ * flight) x (pending + 1), in microseconds. neutral stands in for an
+ * endpoint with no latency sample yet. */
+uint64_t mu_health_cost(const struct mu_endpoint *e, uint64_t now_us, uint64_t neutral);
 
 /* Not ejected at now. */
 int mu_health_up(const struct mu_endpoint *e, uint64_t now_us);

@@ -410,6 +410,46 @@ static void test_lp_deep_levels(void **state)
 
 /* ------------------------------------------------------------ p2c */
 
+/* ewma: of two, the faster by latency x (pending + 1); a stalled one (an
+ * old attempt in flight) loses before anything ends; a new one is costed
+ * as its rival; an old slow average decays. */
+static size_t ewma_pick_count(mu_pool *p, mu_endpoint *want, uint64_t now, uint64_t *rng)
+{
+    size_t hits = 0;
+    for (int k = 0; k < 2000; k++)
+        hits += mu_pool_pick(p, MU_POLICY_EWMA, NULL, 0, now, rng) == want;
+    return hits;
+}
+
+static void test_ewma(void **state)
+{
+    (void)state;
+    uint64_t rng = 5;
+    mu_endpoint *ep = eps_new(2);
+    mu_pool *p = pool_of(ep, 2);
+    ep[0].health.ewma_us = 10000, ep[0].health.ewma_at_us = NOW;
+    ep[1].health.ewma_us = 1000, ep[1].health.ewma_at_us = NOW;
+    assert_int_equal(ewma_pick_count(p, &ep[1], NOW, &rng), 2000);
+    /* Pending weighs in: 1 ms x 11 is dearer than 10 ms x 1. */
+    mu_endpoint_pending_add(&ep[1], 10);
+    assert_int_equal(ewma_pick_count(p, &ep[0], NOW, &rng), 2000);
+    mu_endpoint_pending_add(&ep[1], -10);
+    /* The fast one stalls: its oldest attempt has run 500 ms. */
+    ep[1].health.oldest_us = NOW - 500000;
+    assert_int_equal(ewma_pick_count(p, &ep[0], NOW, &rng), 2000);
+    ep[1].health.oldest_us = 0;
+    /* A slow average 30 s old has halved 15 times (every 2 s): 100 ms -> 3 us. */
+    ep[0].health.ewma_us = 100000, ep[0].health.ewma_at_us = NOW - 30000000;
+    assert_int_equal(ewma_pick_count(p, &ep[0], NOW, &rng), 2000);
+    /* A new endpoint (no sample) against a known one: a coin toss. */
+    ep[0].health.ewma_us = 0;
+    size_t hits = ewma_pick_count(p, &ep[0], NOW, &rng);
+    assert_true(hits > 800 && hits < 1200);
+    CHECK(p);
+    mu_pool_free(p);
+    free(ep);
+}
+
 static void test_p2c_never_max(void **state)
 {
     (void)state;
@@ -804,6 +844,7 @@ int main(void)
         cmocka_unit_test(test_lp_avoids_loaded),
         cmocka_unit_test(test_lp_deep_levels),
         cmocka_unit_test(test_p2c_never_max),
+        cmocka_unit_test(test_ewma),
         cmocka_unit_test(test_p2c_ties_uniform),
         cmocka_unit_test(test_avoid),
         cmocka_unit_test(test_down),

@@ -228,7 +228,7 @@ typedef struct mu_call_opts {
     int deadline_ms;        /**< Bound on the whole call, all attempts; 0 = `deadline_ms`. */
     int retries;            /**< Extra attempts; -1 = `retries`. */
     int idempotent;         /**< 1 = safe to run twice, 0 = not, -1 = the `idempotent` list. */
-    const char *policy;     /**< "round-robin", "random", "least-pending", "p2c"; NULL = configured. */
+    const char *policy;     /**< "round-robin", "random", "least-pending", "p2c", "ewma"; NULL = configured. */
     const char *hash_key;   /**< Reserved for hash-based policies; may be NULL. */
 } mu_call_opts;
 
