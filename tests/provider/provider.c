@@ -42,6 +42,9 @@
  *                      One send() per answer (no stall) unless
  *                      --split-writes is given too. --close-silently
  *                      combines as well (uwsgi --http-socket, N workers).
+ *   --stall-ms S --stall-every-ms P
+ *                      the first S ms of every P ms answer nothing (a GC
+ *                      pause); what came in is answered when it ends.
  *   --raw              the same server as those, plain: keep-alive, one
  *                      send() per answer. On SIGTERM it closes idle
  *                      connections at once (gunicorn-like), where evhttp
@@ -119,6 +122,7 @@ static struct {
     int session_ms;
     int auth_missing_400; /* --variant 1.0.4+: missing header is a 400 */
     long listen_delay_ms;
+    long stall_ms, stall_every_ms;
     int split_writes;
     int raw;
     int close_silently;
@@ -1197,10 +1201,24 @@ struct rq {
 /* What the Django provider answers: fills r (its body is static or in
  * g_json/g_lz, valid until the next request) and returns P_REPLY, P_DROP
  * or P_HANG (r unused). */
+/* --stall-ms S --stall-every-ms P: the first S ms of every P ms (on the
+ * monotonic clock) answer nothing, as a Python process in a GC pause; what
+ * arrives then is answered when the pause ends. */
+static long stall_left_ms(void)
+{
+    if (opt.stall_ms <= 0 || opt.stall_every_ms <= 0)
+        return 0;
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    long now = (long)(ts.tv_sec % 1000000) * 1000 + ts.tv_nsec / 1000000;
+    long in = now % opt.stall_every_ms;
+    return in < opt.stall_ms ? opt.stall_ms - in : 0;
+}
+
 static int route(const struct rq *q, struct reply *r)
 {
     memset(r, 0, sizeof *r);
-    r->delay_ms = opt.delay_ms;
+    r->delay_ms = opt.delay_ms + stall_left_ms();
     size_t plen = strcspn(q->uri, "?#");
     if (plen != opt.path_len || memcmp(q->uri, opt.path, plen) != 0) {
         static const char nf[] = "<h1>Not Found</h1><p>The requested resource was not found on this server.</p>";
@@ -2189,6 +2207,8 @@ static void usage(void)
           "  --workers N          uwsgi --http11-socket: N processes, one keep-alive\n"
           "                       connection each at a time; the master registers once;\n"
           "                       one send() per answer unless --split-writes\n"
+          "  --stall-ms S --stall-every-ms P  answer nothing in the first S ms of every\n"
+          "                       P ms (a GC pause); held answers go out when it ends\n"
           "  --raw                our own HTTP/1.1 server, plain keep-alive; closes idle\n"
           "                       connections at once on SIGTERM\n"
           "SIGTERM: refuse new connections, deregister, answer what was received, exit 0.\n",
@@ -2251,7 +2271,7 @@ static void parse_methods(const char *list)
 enum {
     OP_ZK = 256, OP_SERVICE, OP_PORT, OP_HOST, OP_LAYOUT, OP_PATH, OP_PICKLE, OP_AUTH,
     OP_DELAY, OP_FAIL, OP_HANG, OP_DROP, OP_GARBAGE, OP_BAD, OP_DUP, OP_NOREG,
-    OP_METHODS, OP_SESSION, OP_VARIANT, OP_LDELAY, OP_SPLIT, OP_CLOSE, OP_CLOSE_US, OP_WORKERS, OP_RAW, OP_HELP
+    OP_METHODS, OP_SESSION, OP_VARIANT, OP_LDELAY, OP_SPLIT, OP_CLOSE, OP_CLOSE_US, OP_WORKERS, OP_RAW, OP_STALL, OP_STALL_EVERY, OP_HELP
 };
 
 /* What was given explicitly: it wins over --variant. */
@@ -2314,6 +2334,8 @@ static void parse_opt(int c, const char *arg, struct given *gv)
     case OP_LDELAY: opt.listen_delay_ms = parse_long(arg, "listen delay", 0, 3600000); break;
     case OP_SPLIT: opt.split_writes = 1; break;
     case OP_RAW: opt.raw = 1; break;
+    case OP_STALL: opt.stall_ms = parse_long(arg, "stall-ms", 0, 3600000); break;
+    case OP_STALL_EVERY: opt.stall_every_ms = parse_long(arg, "stall-every-ms", 1, 3600000); break;
     case OP_CLOSE: opt.close_silently = 1; break;
     case OP_CLOSE_US: opt.close_after_us = parse_long(arg, "close-after-us", 0, 10000000); break;
     case OP_WORKERS: opt.workers = (int)parse_long(arg, "workers", 1, 256); break;
@@ -2368,6 +2390,8 @@ static void parse_args(int argc, char **argv)
         {"listen-delay-ms", required_argument, NULL, OP_LDELAY},
         {"split-writes", no_argument, NULL, OP_SPLIT},
         {"raw", no_argument, NULL, OP_RAW},
+        {"stall-ms", required_argument, NULL, OP_STALL},
+        {"stall-every-ms", required_argument, NULL, OP_STALL_EVERY},
         {"close-silently", no_argument, NULL, OP_CLOSE},
         {"close-after-us", required_argument, NULL, OP_CLOSE_US},
         {"workers", required_argument, NULL, OP_WORKERS},
