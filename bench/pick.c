@@ -111,8 +111,8 @@ static void scenario(size_t n, int down_pct, size_t navoid, long iters, int k)
     /* Runs interleaved, best of REPS: other load on the machine hits all
      * policies alike rather than whichever ran at the time. */
     enum { REPS = 5 };
-    double best[5];
-    for (int p = 0; p < 5; p++)
+    double best[MU_POLICY_EWMA + 2]; /* the baseline, then each policy */
+    for (int p = 0; p < MU_POLICY_EWMA + 2; p++)
         best[p] = 1e30;
     for (int r = 0; r < REPS; r++)
         for (int p = -1; p <= MU_POLICY_EWMA; p++) {
