@@ -956,6 +956,15 @@ static void on_deadline(evutil_socket_t fd, short what, void *arg)
                k->attempts, ep);
         break;
     case C_RUNNING:
+        if (k->sent == 0 && k->unsent_eps[0] && !mu_xfer_request_sent(k->x)) {
+            /* Still connecting after refusals: nothing was ever sent. */
+            memcpy(eps, k->unsent_eps, sizeof eps);
+            finish(k, MU_ECONNECT,
+                   "no provider of %s accepted the call within the %d ms deadline (%d "
+                   "attempt(s), none sent; the last, to %s, was connecting); providers tried: %s",
+                   k->t->g->path, ms, k->attempts, ep, eps);
+            break;
+        }
         finish(k, MU_ETIMEDOUT, "deadline of %d ms passed during attempt %d (to %s)", ms,
                k->attempts, ep);
         break;

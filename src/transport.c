@@ -671,6 +671,17 @@ void mu_xfer_set_quickack(mu_xfer *x, int on)
         x->quickack = on != 0;
 }
 
+int mu_xfer_request_sent(const mu_xfer *x)
+{
+    if (!x || !x->running)
+        return 0;
+    long req = 0;
+    curl_off_t up = 0;
+    curl_easy_getinfo(x->easy, CURLINFO_REQUEST_SIZE, &req);
+    curl_easy_getinfo(x->easy, CURLINFO_SIZE_UPLOAD_T, &up);
+    return req > 0 || up > 0;
+}
+
 int mu_xfer_fresh_connection(const mu_xfer *x)
 {
     return x && x->running && x->opened_socket && !x->resend_refused;

@@ -104,6 +104,9 @@ void mu_xfer_set_reuse(mu_xfer *x, int reuse);
  * that hold the body back until the ACK of the headers (Nagle on, two
  * writes: Python's http.server); mu_xfer_result.body_wait_us shows them. */
 void mu_xfer_set_quickack(mu_xfer *x, int on);
+/* 1 if x's running exchange may have sent some of its request (curl
+ * counts request bytes sent); 0 while it is still connecting. */
+int mu_xfer_request_sent(const mu_xfer *x);
 /* 1 while x's running exchange uses a connection it opened itself (not a
  * kept one). */
 int mu_xfer_fresh_connection(const mu_xfer *x);
