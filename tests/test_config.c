@@ -20,7 +20,7 @@ static void test_defaults_and_set(void **state)
     assert_string_equal(mu_config_get(c, "zk_hosts"), "127.0.0.1:2181");
     assert_string_equal(mu_config_get(c, "timeout_ms"), "10000");
     assert_string_equal(mu_config_get(c, "retries"), "2");
-    assert_string_equal(mu_config_get(c, "policy"), "round-robin");
+    assert_string_equal(mu_config_get(c, "policy"), "ewma");
     assert_false(mu_config_is_set(c, "policy"));
     assert_int_equal(mu_config_set(c, "policy", "least-pending"), MU_OK);
     assert_true(mu_config_is_set(c, "policy"));
