@@ -933,6 +933,17 @@ static void on_wake(evutil_socket_t fd, short what, void *arg)
 
 /* ------------------------------------------------------------ deadlines */
 
+/* The deadline passed and no attempt ever reached a provider. */
+static void finish_unaccepted(call_t *k, int ms, const char *last)
+{
+    char eps[sizeof k->unsent_eps];
+    memcpy(eps, k->unsent_eps, sizeof eps); /* finish() formats into k->detail */
+    finish(k, MU_ECONNECT,
+           "no provider of %s accepted the call within the %d ms deadline (%d attempt(s), none "
+           "sent); providers tried: %s; last: %s",
+           k->t->g->path, ms, k->attempts, eps, last);
+}
+
 static void on_deadline(evutil_socket_t fd, short what, void *arg)
 {
     MU_UNUSED(fd);
@@ -940,7 +951,7 @@ static void on_deadline(evutil_socket_t fd, short what, void *arg)
     call_t *k = arg;
     mu_calls *m = k->m;
     int ms = (int)((k->deadline_us - k->start_us) / 1000);
-    char ep[72], why[sizeof k->unsent_why], eps[sizeof k->unsent_eps];
+    char ep[72], why[sizeof k->unsent_why];
     memcpy(ep, k->endpoint, sizeof ep);
     switch (k->state) {
     case C_WAITING: {
@@ -958,11 +969,8 @@ static void on_deadline(evutil_socket_t fd, short what, void *arg)
     case C_RUNNING:
         if (k->sent == 0 && k->unsent_eps[0] && !mu_xfer_request_sent(k->x)) {
             /* Still connecting after refusals: nothing was ever sent. */
-            memcpy(eps, k->unsent_eps, sizeof eps);
-            finish(k, MU_ECONNECT,
-                   "no provider of %s accepted the call within the %d ms deadline (%d "
-                   "attempt(s), none sent; the last, to %s, was connecting); providers tried: %s",
-                   k->t->g->path, ms, k->attempts, ep, eps);
+            mu_fmt(why, sizeof why, "the attempt to %s was still connecting", ep);
+            finish_unaccepted(k, ms, why);
             break;
         }
         finish(k, MU_ETIMEDOUT, "deadline of %d ms passed during attempt %d (to %s)", ms,
@@ -970,11 +978,7 @@ static void on_deadline(evutil_socket_t fd, short what, void *arg)
         break;
     case C_BACKOFF:
         memcpy(why, k->unsent_why, sizeof why);
-        memcpy(eps, k->unsent_eps, sizeof eps);
-        finish(k, MU_ECONNECT,
-               "no provider of %s accepted the call within the %d ms deadline (%d attempt(s), "
-               "none sent); providers tried: %s; last: %s",
-               k->t->g->path, ms, k->attempts, eps, why);
+        finish_unaccepted(k, ms, why);
         break;
     default:
         break;
