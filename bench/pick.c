@@ -111,18 +111,18 @@ static void scenario(size_t n, int down_pct, size_t navoid, long iters, int k)
     /* Runs interleaved, best of REPS: other load on the machine hits all
      * policies alike rather than whichever ran at the time. */
     enum { REPS = 5 };
-    double best[MU_POLICY_EWMA + 2]; /* the baseline, then each policy */
-    for (int p = 0; p < MU_POLICY_EWMA + 2; p++)
+    double best[MU_POLICY_HASH + 2]; /* the baseline, then each policy */
+    for (int p = 0; p < MU_POLICY_HASH + 2; p++)
         best[p] = 1e30;
     for (int r = 0; r < REPS; r++)
-        for (int p = -1; p <= MU_POLICY_EWMA; p++) {
+        for (int p = -1; p <= MU_POLICY_HASH; p++) {
             double t = run(&b, p, iters);
             if (t < best[p + 1])
                 best[p + 1] = t;
         }
     double base = best[0];
     printf("%6zu  %5zu  %5zu  %-14s %8.1f\n", n, ndown, navoid, "(baseline)", base);
-    for (int p = MU_POLICY_ROUND_ROBIN; p <= MU_POLICY_EWMA; p++) {
+    for (int p = MU_POLICY_ROUND_ROBIN; p <= MU_POLICY_HASH; p++) {
         double t = best[p + 1];
         printf("%6zu  %5zu  %5zu  %-14s %8.1f %8.1f %6.2fx\n", n, ndown, navoid,
                mu_policy_name((mu_policy)p), t, t - base, t / base);

@@ -72,6 +72,9 @@ struct mu_pool {
     size_t nheap;
     uint64_t all_down_until; /* every endpoint is down until then (0: unknown) */
     uint64_t gen;
+    struct ring_point *ring; /* hash: RING_VNODES points per endpoint, sorted */
+    size_t nring;
+    uint64_t ring_gen;       /* the gen it was built for (0: never) */
 };
 
 enum { INITIAL_LEVELS = 16, RANDOM_TRIES = 8, P2C_DRAWS = 8, LP_BUDGET = 32 };
@@ -79,7 +82,7 @@ enum { INITIAL_LEVELS = 16, RANDOM_TRIES = 8, P2C_DRAWS = 8, LP_BUDGET = 32 };
 /* ------------------------------------------------------------------ names */
 
 static const char *const policy_names[] = {"round-robin", "random", "least-pending", "p2c",
-                                           "ewma"};
+                                           "ewma",        "hash"};
 
 int mu_policy_parse(const char *name)
 {
@@ -360,6 +363,7 @@ void mu_pool_free(mu_pool *p)
     free(p->heap);
     free(p->up.head);
     free(p->parked.head);
+    free(p->ring);
     free(p);
 }
 
@@ -690,6 +694,79 @@ static mu_endpoint *pick_ewma(mu_pool *p, const pick_ctx *c)
     return best;
 }
 
+/* hash: a ring of RING_VNODES points per endpoint, placed by a hash of
+ * its key ("host:port") and the point's number, so that every client
+ * builds the same ring from the same endpoints. A key belongs to the first
+ * point at or after its hash. Rebuilt when the pool's members change: O(n
+ * log n) then, for about 12 bytes x 64 per endpoint. */
+enum { RING_VNODES = 64 };
+
+typedef struct ring_point {
+    uint64_t at;
+    size_t idx; /* in p->eps */
+} ring_point;
+
+static uint64_t mix64(uint64_t x) /* splitmix64's finalizer */
+{
+    x ^= x >> 30;
+    x *= 0xbf58476d1ce4e5b9ull;
+    x ^= x >> 27;
+    x *= 0x94d049bb133111ebull;
+    return x ^ (x >> 31);
+}
+
+uint64_t mu_hash_key(const char *key)
+{
+    uint64_t h = 0xcbf29ce484222325ull; /* FNV-1a, then mixed */
+    for (const unsigned char *s = (const unsigned char *)key; *s; s++)
+        h = (h ^ *s) * 0x100000001b3ull;
+    return mix64(h);
+}
+
+static int cmp_point(const void *a, const void *b)
+{
+    uint64_t x = ((const ring_point *)a)->at, y = ((const ring_point *)b)->at;
+    return x < y ? -1 : x > y;
+}
+
+static int ring_build(mu_pool *p)
+{
+    ring_point *r = realloc(p->ring, p->n * RING_VNODES * sizeof *r);
+    if (!r)
+        return -1;
+    p->ring = r;
+    p->nring = 0;
+    for (size_t i = 0; i < p->n; i++) {
+        uint64_t h = mu_hash_key(p->eps[i]->key);
+        for (uint64_t v = 0; v < RING_VNODES; v++)
+            r[p->nring++] = (ring_point){mix64(h + v * 0x9e3779b97f4a7c15ull), i};
+    }
+    qsort(r, p->nring, sizeof *r, cmp_point);
+    p->ring_gen = p->gen;
+    return 0;
+}
+
+/* The first eligible endpoint at or after key along the ring. */
+static mu_endpoint *pick_ring(mu_pool *p, const pick_ctx *c, uint64_t key)
+{
+    if (p->ring_gen != p->gen && ring_build(p) != 0)
+        return pick_ewma(p, c);
+    size_t lo = 0, hi = p->nring;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (p->ring[mid].at < key)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    for (size_t k = 0; k < p->nring; k++) {
+        mu_endpoint *e = p->eps[p->ring[(lo + k) % p->nring].idx];
+        if (eligible(c, e))
+            return e;
+    }
+    return NULL;
+}
+
 /* Least pending among the endpoints not known to be down: walk up from
  * the lowest level, parking the down ones met. Avoided nodes are skipped;
  * once a level has shown more of them than navoid it has been walked round
@@ -763,6 +840,8 @@ static mu_endpoint *pick_step(mu_pool *p, mu_policy policy, const pick_ctx *c)
         return pick_p2c(p, c);
     case MU_POLICY_EWMA:
         return pick_ewma(p, c);
+    case MU_POLICY_HASH:
+        return pick_ring(p, c, mu_rand(c->rng));
     case MU_POLICY_ROUND_ROBIN:
     default:
         return pick_rr(p, c);
@@ -786,6 +865,22 @@ static mu_endpoint *pick_tried(mu_pool *p, const pick_ctx *c)
         }
     }
     return best;
+}
+
+mu_endpoint *mu_pool_pick_hash(mu_pool *p, uint64_t key, mu_endpoint *const *avoid, size_t navoid,
+                               uint64_t now_us, uint64_t *rng)
+{
+    if (!p || !p->n)
+        return NULL;
+    if (p->n == 1)
+        return p->eps[0];
+    pick_ctx c = {avoid, avoid ? navoid : 0, now_us, rng, 1};
+    mu_endpoint *e = pick_ring(p, &c, key);
+    if (!e) {
+        c.excl_down = 0; /* every one down or avoided: down ones along the ring */
+        e = pick_ring(p, &c, key);
+    }
+    return e ? e : pick_tried(p, &c);
 }
 
 mu_endpoint *mu_pool_pick(mu_pool *p, mu_policy policy, mu_endpoint *const *avoid, size_t navoid,

@@ -23,7 +23,8 @@ typedef enum mu_policy {
     MU_POLICY_RANDOM = 1,
     MU_POLICY_LEAST_PENDING = 2,
     MU_POLICY_P2C = 3, /* power of two choices on pending */
-    MU_POLICY_EWMA = 4, /* power of two choices on latency x (pending + 1) */
+    MU_POLICY_EWMA = 4, /* three choices on latency x (pending + 1) */
+    MU_POLICY_HASH = 5, /* consistent hashing on the call's hash_key */
 } mu_policy;
 
 /* Parses "round-robin", "random", "least-pending", "p2c". -1 if unknown. */
@@ -49,6 +50,17 @@ mu_endpoint *mu_pool_get(const mu_pool *p, size_t i);
  * when the pool is empty. rng is the caller's xorshift state (non-zero). */
 mu_endpoint *mu_pool_pick(mu_pool *p, mu_policy policy, mu_endpoint *const *avoid, size_t navoid,
                           uint64_t now_us, uint64_t *rng);
+
+/* The hash policy: the endpoint that owns key (mu_hash_key) on the pool's
+ * consistent-hash ring, or the next one along the ring while it is down or
+ * avoided. Removing one endpoint of n moves only the keys it owned (about
+ * 1/n); an ejected endpoint's keys go to their next choice and come back
+ * when it is up. mu_pool_pick with MU_POLICY_HASH hashes a random key.
+ * Falls back to ewma if the ring cannot be built (out of memory). */
+mu_endpoint *mu_pool_pick_hash(mu_pool *p, uint64_t key, mu_endpoint *const *avoid, size_t navoid,
+                               uint64_t now_us, uint64_t *rng);
+/* The 64-bit hash of a call's hash_key. */
+uint64_t mu_hash_key(const char *key);
 
 /* Changes e->pending by delta (+1 when an attempt starts, -1 when it ends)
  * and updates the least-pending index of every pool holding e. */

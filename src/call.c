@@ -68,6 +68,8 @@ struct mu_call_handle {
     int idempotent, timeout_ms;
     long attempt_timeout_ms; /* what the running attempt was given (may be cut by the deadline) */
     mu_policy policy;
+    int has_key;          /* the hash policy has a key: hash_key */
+    uint64_t hash_key;    /* mu_hash_key() of mu_call_opts.hash_key */
     uint64_t start_us, deadline_us;
     uint64_t launch_us;      /* when the running attempt went to the transport */
     uint64_t reused_before;  /* its endpoint's health.reuse_ok then */
@@ -820,7 +822,9 @@ static mu_endpoint *pick(call_t *k, uint64_t now)
 {
     mu_group *g = k->t->g;
     mu_endpoint *e =
-        mu_pool_pick(g->pool, k->policy, k->tried, (size_t)k->ntried, now, &k->m->rng);
+        k->policy == MU_POLICY_HASH && k->has_key
+            ? mu_pool_pick_hash(g->pool, k->hash_key, k->tried, (size_t)k->ntried, now, &k->m->rng)
+            : mu_pool_pick(g->pool, k->policy, k->tried, (size_t)k->ntried, now, &k->m->rng);
     if (!e) {
         if (g->is_static)
             finish(k, MU_ENOPROVIDER, "no static provider for %s", g->path);
@@ -1042,6 +1046,8 @@ static void call_setup(call_t *k, mu_target *t, const mu_call_opts *o, int polic
     const mu_call_settings *s = &k->m->s;
     k->t = t;
     k->policy = policy >= 0 ? (mu_policy)policy : t->policy;
+    k->has_key = o->hash_key != NULL;
+    k->hash_key = o->hash_key ? mu_hash_key(o->hash_key) : 0;
     k->idempotent = o->idempotent >= 0 ? (o->idempotent != 0) : t->idempotent;
     k->timeout_ms = o->timeout_ms ? o->timeout_ms : s->timeout_ms;
     k->max_attempts = 1 + (o->retries >= 0 ? o->retries : s->retries);
@@ -1062,7 +1068,8 @@ mu_status mu_calls_start(mu_calls *m, mu_target *t, const char *method, const ch
     int policy = -1;
     if (o->policy && (policy = mu_policy_parse(o->policy)) < 0) {
         mu_fmt(err, errcap,
-               "mu_call: unknown policy '%s' (round-robin, random, least-pending, p2c, ewma)",
+               "mu_call: unknown policy '%s' (ewma, round-robin, random, least-pending, p2c, "
+               "hash)",
                o->policy);
         return MU_EINVAL;
     }

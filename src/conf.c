@@ -35,7 +35,7 @@ static const key_spec keys[] = {
      "HTTP path override (default from protocol: /json/ for 1.0.2, /jsonp/ after)"},
     {"auth_token", "micromicro", K_STR, 0, 0, NULL,
      "shared secret for the 1.0.4+ micro-auth-token header (never logged)"},
-    {"policy", "ewma", K_ENUM, 0, 0, "round-robin|random|least-pending|p2c|ewma",
+    {"policy", "ewma", K_ENUM, 0, 0, "ewma|round-robin|random|least-pending|p2c|hash",
      "balancing policy; policy.SERVICE overrides per service"},
     {"timeout_ms", "10000", K_INT, 1, 3600000, NULL,
      "per-attempt timeout (env MICRO_CLIENT_TIMEOUT, in seconds)"},

@@ -450,6 +450,58 @@ static void test_ewma(void **state)
     free(ep);
 }
 
+/* hash: the owner of each of 100,000 keys among 100 endpoints; then one
+ * endpoint leaves: only its keys move (about 1/100). One is ejected: its
+ * keys go to their next choice and come back when it is up again. */
+enum { HASH_KEYS = 100000, HASH_EPS = 100 };
+
+static void hash_owners(mu_pool *p, mu_endpoint *base, uint64_t now, size_t *owner)
+{
+    uint64_t rng = 1;
+    for (size_t k = 0; k < HASH_KEYS; k++)
+        owner[k] = idx_of(base, mu_pool_pick_hash(p, mix64(k), NULL, 0, now, &rng));
+}
+
+static void test_hash_moves_little(void **state)
+{
+    (void)state;
+    mu_endpoint *ep = eps_new(HASH_EPS);
+    mu_pool *p = pool_of(ep, HASH_EPS);
+    size_t *before = malloc(HASH_KEYS * sizeof *before), *after = malloc(HASH_KEYS * sizeof *after);
+    assert_non_null(before);
+    assert_non_null(after);
+    hash_owners(p, ep, NOW, before);
+    /* Endpoint 37 leaves. */
+    mu_endpoint *rest[HASH_EPS - 1];
+    for (size_t i = 0, n = 0; i < HASH_EPS; i++)
+        if (i != 37)
+            rest[n++] = &ep[i];
+    assert_int_equal(mu_pool_set(p, rest, HASH_EPS - 1), 0);
+    hash_owners(p, ep, NOW, after);
+    size_t moved = 0;
+    for (size_t k = 0; k < HASH_KEYS; k++)
+        if (after[k] != before[k]) {
+            moved++;
+            assert_int_equal(before[k], 37); /* only its keys */
+        }
+    fprintf(stderr, "  hash: 1 of %d endpoints left, %zu of %d keys moved (%.2f%%)\n", HASH_EPS,
+            moved, HASH_KEYS, 100.0 * (double)moved / HASH_KEYS);
+    assert_true(moved > 0 && moved * 100 <= HASH_KEYS * 3 / 2); /* ~1%, at most 1.5% */
+    /* Endpoint 5 is ejected, then back. */
+    ep[5].health.down_until_us = NOW + 1000;
+    hash_owners(p, ep, NOW, before);
+    for (size_t k = 0; k < HASH_KEYS; k++)
+        if (before[k] != after[k])
+            assert_int_equal(after[k], 5);
+    hash_owners(p, ep, NOW + 2000, before);
+    assert_memory_equal(before, after, HASH_KEYS * sizeof *before);
+    free(before);
+    free(after);
+    CHECK(p);
+    mu_pool_free(p);
+    free(ep);
+}
+
 static void test_p2c_never_max(void **state)
 {
     (void)state;
@@ -845,6 +897,7 @@ int main(void)
         cmocka_unit_test(test_lp_deep_levels),
         cmocka_unit_test(test_p2c_never_max),
         cmocka_unit_test(test_ewma),
+        cmocka_unit_test(test_hash_moves_little),
         cmocka_unit_test(test_p2c_ties_uniform),
         cmocka_unit_test(test_avoid),
         cmocka_unit_test(test_down),

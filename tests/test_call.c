@@ -164,6 +164,45 @@ static void test_random_within_bounds(void **state)
         tb_provider_free(p[i]);
 }
 
+/* hash: calls with one key go to one provider; keys spread. */
+static void test_hash_key_sticks(void **state)
+{
+    (void)state;
+    tb_provider *p[3];
+    for (int i = 0; i < 3; i++)
+        assert_non_null(p[i] = start("hsh", NULL, NULL));
+    mu_client *c = client(tu_config("policy.hsh", "hash", NULL));
+    tu_outcome o;
+    mu_call_opts opts = MU_CALL_OPTS_INIT;
+    char first[72] = "", key[32];
+    int same = 0;
+    opts.hash_key = "user-42";
+    for (int i = 0; i < 20; i++) {
+        tu_call_sync(base, c, "hsh:whoami", NULL, &opts, &o);
+        assert_int_equal(o.status, MU_OK);
+        if (!first[0])
+            snprintf(first, sizeof first, "%s", o.endpoint);
+        same += strcmp(first, o.endpoint) == 0;
+    }
+    assert_int_equal(same, 20);
+    int hits[3] = {0};
+    for (int i = 0; i < 300; i++) {
+        snprintf(key, sizeof key, "user-%d", i);
+        opts.hash_key = key;
+        tu_call_sync(base, c, "hsh:whoami", NULL, &opts, &o);
+        for (int j = 0; j < 3; j++) {
+            char ep[32];
+            snprintf(ep, sizeof ep, "127.0.0.1:%d", tb_provider_port(p[j]));
+            hits[j] += strcmp(ep, o.endpoint) == 0;
+        }
+    }
+    for (int j = 0; j < 3; j++)
+        assert_true(hits[j] > 40); /* every provider owns a share of the keys */
+    mu_client_free(c);
+    for (int i = 0; i < 3; i++)
+        tb_provider_free(p[i]);
+}
+
 static void test_least_pending_avoids_slow(void **state)
 {
     (void)state;
@@ -926,6 +965,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_round_robin_exact, setup, teardown),
         cmocka_unit_test_setup_teardown(test_random_within_bounds, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_hash_key_sticks, setup, teardown),
         cmocka_unit_test_setup_teardown(test_least_pending_avoids_slow, setup, teardown),
         cmocka_unit_test_setup_teardown(test_10000_calls_500_in_flight, setup, teardown),
         cmocka_unit_test_setup_teardown(test_hang_times_out, setup, teardown),

@@ -45,7 +45,7 @@ static void test_bad_values_name_key_value_and_allowed(void **state)
         const char *key, *value, *must_say;
     } cases[] = {
         {"polcy", "random", "unknown key 'polcy'"},
-        {"policy", "fastest", "expected one of round-robin|random|least-pending|p2c"},
+        {"policy", "fastest", "expected one of ewma|round-robin|random|least-pending|p2c|hash"},
         {"timeout_ms", "soon", "timeout_ms = 'soon': expected an integer from 1 to 3600000"},
         {"timeout_ms", "0", "from 1 to"},
         {"retries", "11", "from 0 to 10"},

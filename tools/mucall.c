@@ -42,7 +42,7 @@ static void usage(FILE *out)
             "  --hosts H:P,...     static providers for the service; skips ZooKeeper\n"
             "  --config FILE       read `key = value` lines\n"
             "  --set KEY=VALUE     set any configuration key (repeatable)\n"
-            "  --policy NAME       round-robin, random, least-pending, p2c or ewma\n"
+            "  --policy NAME       ewma, round-robin, random, least-pending, p2c or hash\n"
             "  --timeout MS        per-attempt timeout\n"
             "  --retries N         extra attempts on other providers\n"
             "  --idempotent        the call may safely run twice (retry timeouts too)\n"

@@ -228,8 +228,8 @@ typedef struct mu_call_opts {
     int deadline_ms;        /**< Bound on the whole call, all attempts; 0 = `deadline_ms`. */
     int retries;            /**< Extra attempts; -1 = `retries`. */
     int idempotent;         /**< 1 = safe to run twice, 0 = not, -1 = the `idempotent` list. */
-    const char *policy;     /**< "round-robin", "random", "least-pending", "p2c", "ewma"; NULL = configured. */
-    const char *hash_key;   /**< Reserved for hash-based policies; may be NULL. */
+    const char *policy;     /**< "ewma", "round-robin", "random", "least-pending", "p2c", "hash"; NULL = configured. */
+    const char *hash_key;   /**< The "hash" policy's key: calls with equal keys go to the same provider while it is up. NULL: spread like random. */
 } mu_call_opts;
 
 #define MU_CALL_OPTS_INIT { sizeof(mu_call_opts), 0, 0, -1, -1, NULL, NULL }
