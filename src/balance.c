@@ -74,6 +74,8 @@ struct mu_pool {
     uint64_t gen;
     struct ring_point *ring; /* hash: RING_VNODES points per endpoint, sorted */
     size_t nring;
+    uint32_t *ring_index;    /* top ring_bits bits of a key -> first point there */
+    unsigned ring_bits;
     uint64_t ring_gen;       /* the gen it was built for (0: never) */
 };
 
@@ -364,6 +366,7 @@ void mu_pool_free(mu_pool *p)
     free(p->up.head);
     free(p->parked.head);
     free(p->ring);
+    free(p->ring_index);
     free(p);
 }
 
@@ -694,12 +697,25 @@ static mu_endpoint *pick_ewma(mu_pool *p, const pick_ctx *c)
     return best;
 }
 
-/* hash: a ring of RING_VNODES points per endpoint, placed by a hash of
+/* hash: a ring of ring_vnodes() points per endpoint, placed by a hash of
  * its key ("host:port") and the point's number, so that every client
  * builds the same ring from the same endpoints. A key belongs to the first
  * point at or after its hash. Rebuilt when the pool's members change: O(n
- * log n) then, for about 12 bytes x 64 per endpoint. */
-enum { RING_VNODES = 64 };
+ * log n) then, for 16 bytes a point plus the index. */
+enum { RING_VNODES = 64, RING_POINTS_MAX = 20000, RING_VNODES_MIN = 8 };
+
+/* Points per endpoint: 64 for the fleets microutil runs (2 to 50), fewer
+ * beyond 312 endpoints so that the ring stays near 20,000 points and in
+ * cache (at 64 each, 10,000 endpoints made a 10 MB ring and a pick took
+ * 0.6 us of cache and TLB misses); never under 8. */
+static size_t ring_vnodes(size_t n)
+{
+    size_t v = RING_POINTS_MAX / (n ? n : 1);
+    return v > RING_VNODES ? RING_VNODES : v < RING_VNODES_MIN ? RING_VNODES_MIN : v;
+}
+/* An index by the top bits of the hash, about one point per slot, so that
+ * a pick reads two or three cache lines instead of binary-searching the
+ * whole ring (20 misses at 10,000 endpoints: 0.9 us a pick). */
 
 typedef struct ring_point {
     uint64_t at;
@@ -731,17 +747,32 @@ static int cmp_point(const void *a, const void *b)
 
 static int ring_build(mu_pool *p)
 {
-    ring_point *r = realloc(p->ring, p->n * RING_VNODES * sizeof *r);
+    size_t vnodes = ring_vnodes(p->n);
+    ring_point *r = realloc(p->ring, p->n * vnodes * sizeof *r);
     if (!r)
         return -1;
     p->ring = r;
     p->nring = 0;
     for (size_t i = 0; i < p->n; i++) {
         uint64_t h = mu_hash_key(p->eps[i]->key);
-        for (uint64_t v = 0; v < RING_VNODES; v++)
+        for (uint64_t v = 0; v < vnodes; v++)
             r[p->nring++] = (ring_point){mix64(h + v * 0x9e3779b97f4a7c15ull), i};
     }
     qsort(r, p->nring, sizeof *r, cmp_point);
+    unsigned bits = 4;
+    while (bits < 24 && ((size_t)1 << bits) < p->nring)
+        bits++;
+    uint32_t *ix = realloc(p->ring_index, (((size_t)1 << bits) + 1) * sizeof *ix);
+    if (!ix)
+        return -1;
+    p->ring_index = ix;
+    p->ring_bits = bits;
+    size_t pos = 0;
+    for (size_t b = 0; b <= ((size_t)1 << bits); b++) {
+        while (pos < p->nring && (r[pos].at >> (64 - bits)) < b)
+            pos++;
+        ix[b] = (uint32_t)pos;
+    }
     p->ring_gen = p->gen;
     return 0;
 }
@@ -751,7 +782,8 @@ static mu_endpoint *pick_ring(mu_pool *p, const pick_ctx *c, uint64_t key)
 {
     if (p->ring_gen != p->gen && ring_build(p) != 0)
         return pick_ewma(p, c);
-    size_t lo = 0, hi = p->nring;
+    size_t b = (size_t)(key >> (64 - p->ring_bits));
+    size_t lo = p->ring_index[b], hi = p->ring_index[b + 1];
     while (lo < hi) {
         size_t mid = lo + (hi - lo) / 2;
         if (p->ring[mid].at < key)
