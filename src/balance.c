@@ -536,6 +536,7 @@ typedef struct pick_ctx {
     uint64_t now;
     uint64_t *rng;
     int excl_down; /* step 1 of the preference order */
+    const uint64_t *key; /* hash: the call's key, or NULL for a random one */
 } pick_ctx;
 
 static int is_avoided(const pick_ctx *c, const mu_endpoint *e)
@@ -873,7 +874,7 @@ static mu_endpoint *pick_step(mu_pool *p, mu_policy policy, const pick_ctx *c)
     case MU_POLICY_EWMA:
         return pick_ewma(p, c);
     case MU_POLICY_HASH:
-        return pick_ring(p, c, mu_rand(c->rng));
+        return pick_ring(p, c, c->key ? *c->key : mu_rand(c->rng));
     case MU_POLICY_ROUND_ROBIN:
     default:
         return pick_rr(p, c);
@@ -899,30 +900,14 @@ static mu_endpoint *pick_tried(mu_pool *p, const pick_ctx *c)
     return best;
 }
 
-mu_endpoint *mu_pool_pick_hash(mu_pool *p, uint64_t key, mu_endpoint *const *avoid, size_t navoid,
-                               uint64_t now_us, uint64_t *rng)
+static mu_endpoint *pick(mu_pool *p, mu_policy policy, const uint64_t *key,
+                         mu_endpoint *const *avoid, size_t navoid, uint64_t now_us, uint64_t *rng)
 {
     if (!p || !p->n)
         return NULL;
     if (p->n == 1)
         return p->eps[0];
-    pick_ctx c = {avoid, avoid ? navoid : 0, now_us, rng, 1};
-    mu_endpoint *e = pick_ring(p, &c, key);
-    if (!e) {
-        c.excl_down = 0; /* every one down or avoided: down ones along the ring */
-        e = pick_ring(p, &c, key);
-    }
-    return e ? e : pick_tried(p, &c);
-}
-
-mu_endpoint *mu_pool_pick(mu_pool *p, mu_policy policy, mu_endpoint *const *avoid, size_t navoid,
-                          uint64_t now_us, uint64_t *rng)
-{
-    if (!p || !p->n)
-        return NULL;
-    if (p->n == 1)
-        return p->eps[0];
-    pick_ctx c = {avoid, avoid ? navoid : 0, now_us, rng, 1};
+    pick_ctx c = {avoid, avoid ? navoid : 0, now_us, rng, 1, key};
     mu_endpoint *e = NULL;
     if (now_us >= p->all_down_until) {
         e = pick_step(p, policy, &c);
@@ -936,4 +921,16 @@ mu_endpoint *mu_pool_pick(mu_pool *p, mu_policy policy, mu_endpoint *const *avoi
     if (!e)
         e = pick_tried(p, &c);
     return e;
+}
+
+mu_endpoint *mu_pool_pick(mu_pool *p, mu_policy policy, mu_endpoint *const *avoid, size_t navoid,
+                          uint64_t now_us, uint64_t *rng)
+{
+    return pick(p, policy, NULL, avoid, navoid, now_us, rng);
+}
+
+mu_endpoint *mu_pool_pick_hash(mu_pool *p, uint64_t key, mu_endpoint *const *avoid, size_t navoid,
+                               uint64_t now_us, uint64_t *rng)
+{
+    return pick(p, MU_POLICY_HASH, &key, avoid, navoid, now_us, rng);
 }

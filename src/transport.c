@@ -419,8 +419,6 @@ size_t mu_transport_running(const mu_transport *t)
     return t ? t->running : 0;
 }
 
-/* ------------------------------------------------------------ xfers */
-
 /* ------------------------------------------------------------ connections */
 
 static conn_rec *conn_at(mu_transport *t, curl_socket_t fd, int grow)
@@ -469,6 +467,8 @@ int mu_transport_close_idle(mu_transport *t, const char *url)
     }
     return n;
 }
+
+/* ------------------------------------------------------------ xfers */
 
 /* Notes that this attempt opened a socket, so that a cancel knows whether
  * CURLINFO_NUM_CONNECTS describes this attempt or is left from the last,

@@ -107,16 +107,6 @@ mu_group *mu_view_group(mu_view *v, const char *path, int create)
     return g;
 }
 
-int mu_view_next_group(mu_view *v, size_t *i, mu_group **g)
-{
-    const char *k;
-    void *val;
-    if (!mu_map_next(&v->groups, i, &k, &val))
-        return 0;
-    *g = val;
-    return 1;
-}
-
 static void free_latest(mu_group *g)
 {
     for (size_t i = 0; i < g->nlatest; i++)

@@ -58,8 +58,6 @@ void mu_view_free(mu_view *v);
 /* The group for path, made (LOADING) if create and absent. NULL if absent
  * or out of memory. */
 mu_group *mu_view_group(mu_view *v, const char *path, int create);
-/* Iteration over groups. */
-int mu_view_next_group(mu_view *v, size_t *i, mu_group **g);
 
 /* Fills a static group from "host:port,host:port" (already validated). */
 int mu_view_set_static(mu_view *v, mu_group *g, const char *hosts);
