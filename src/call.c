@@ -670,7 +670,7 @@ static void heed(mu_calls *m, mu_endpoint *e, int verdict, int kept, uint64_t no
 
 /* Tells health how the attempt went, with the oldest attempt still in
  * flight on the endpoint (for its stall check). */
-static int report(call_t *k, mu_endpoint *e, const mu_xfer_result *res, mu_signal sig,
+static int report(call_t *k, mu_endpoint *e, const mu_xfer_result *res, const mu_outcome *out,
                   uint64_t now)
 {
     mu_inflight oldest;
@@ -678,7 +678,9 @@ static int report(call_t *k, mu_endpoint *e, const mu_xfer_result *res, mu_signa
     if (o)
         inflight_of(o, now, &oldest);
     mu_attempt_report r = {
-        .signal = sig,
+        .signal = out->signal,
+        .failed = out->status != MU_OK,
+        .now_us = now,
         .latency_us = now - k->launch_us,
         .answered = res->code == CURLE_OK,
         .reused = res->reused,
@@ -719,7 +721,7 @@ static void on_xfer_done(mu_xfer *x, const mu_xfer_result *res, void *user)
     disarm_stall(k);
     k->http_status = res->http_status;
     mu_outcome o = classify(k, res);
-    int verdict = report(k, e, res, o.signal, now);
+    int verdict = report(k, e, res, &o, now);
     heed(k->m, e, verdict, res->kept, now);
     /* Queued attempts hold e->pending, so e outlives this. An ejected
      * endpoint's queue moves elsewhere first; else the next queued attempt

@@ -64,6 +64,8 @@ typedef struct mu_inflight {
 /* How one attempt on e ended. */
 typedef struct mu_attempt_report {
     mu_signal signal;
+    int failed;              /* the attempt's outcome was not MU_OK */
+    uint64_t now_us;         /* when it ended */
     uint64_t latency_us;
     int answered;            /* an HTTP answer came back */
     int reused;              /* over a kept connection */

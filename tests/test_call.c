@@ -164,6 +164,29 @@ static void test_random_within_bounds(void **state)
         tb_provider_free(p[i]);
 }
 
+/* The default policy (ewma) must not favour a provider because it fails
+ * fast: 1.0.2 answers every exception at once with OtherError 500. */
+static void test_fast_failures_draw_no_traffic(void **state)
+{
+    (void)state;
+    tb_provider *p[3];
+    assert_non_null(p[0] = start("ff", "--delay-ms 1", NULL));
+    assert_non_null(p[1] = start("ff", "--delay-ms 1", NULL));
+    assert_non_null(p[2] = start("ff", "--fail-rate 1", NULL));
+    mu_client *c = client(tu_config(NULL));
+    tu_outcome o;
+    int failed = 0;
+    for (int i = 0; i < 300; i++) {
+        tu_call_sync(base, c, "ff:echo", NULL, NULL, &o);
+        failed += o.status != MU_OK;
+    }
+    fprintf(stderr, "  %d of 300 calls went to the provider failing everything\n", failed);
+    assert_true(failed < 30); /* round-robin: 100; before failures counted as slow: ~300 */
+    mu_client_free(c);
+    for (int i = 0; i < 3; i++)
+        tb_provider_free(p[i]);
+}
+
 /* hash: calls with one key go to one provider; keys spread. */
 static void test_hash_key_sticks(void **state)
 {
@@ -966,6 +989,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_round_robin_exact, setup, teardown),
         cmocka_unit_test_setup_teardown(test_random_within_bounds, setup, teardown),
         cmocka_unit_test_setup_teardown(test_hash_key_sticks, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_fast_failures_draw_no_traffic, setup, teardown),
         cmocka_unit_test_setup_teardown(test_least_pending_avoids_slow, setup, teardown),
         cmocka_unit_test_setup_teardown(test_10000_calls_500_in_flight, setup, teardown),
         cmocka_unit_test_setup_teardown(test_hang_times_out, setup, teardown),
