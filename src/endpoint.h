@@ -32,17 +32,21 @@ typedef struct mu_lane {
 } mu_lane;
 
 typedef struct mu_endpoint {
+    /* What every pick reads comes first, so that it shares one cache line
+     * (view.c allocates endpoints aligned to 64 bytes): at 10,000 endpoints
+     * a pick's cost is its cache misses. */
+    /* balance.c */
+    int pending;         /* attempts holding it (queued or in flight) */
+    /* health.c: its first fields are the ones picks read */
+    mu_health_ep health;
+    /* balance.c */
+    struct mu_member *members; /* one node per pool that holds it */
     /* view.c */
     char key[72];        /* "host:port", the identity */
     char host[64];
     int port;
     char *url;           /* "http://host:port/json/" */
     unsigned refs;       /* references from groups */
-    /* balance.c */
-    int pending;         /* attempts holding it (queued or in flight) */
-    struct mu_member *members; /* one node per pool that holds it */
-    /* health.c */
-    mu_health_ep health;
     /* call.c */
     mu_lane lane;
 } mu_endpoint;

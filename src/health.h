@@ -6,9 +6,8 @@
  * only health.c writes; balance.c reads down_until_us to steer picks, and
  * introspection (client.c) reads the counters. call.c reports each
  * attempt's start and end here, reads `reuse_ok` to date its attempts, and
- * never edits the state itself. This is the seam where outlier ejection,
- * latency tracking and slow start would plug in (none of them exists yet:
- * latency_us is reported but not used).
+ * never edits the state itself. Latency tracking (the peak EWMA the ewma
+ * policy reads) lives here; so would outlier ejection and slow start.
  *
  * Ownership:
  *   mu_health       private to health.c; made and freed by client.c.
@@ -29,16 +28,18 @@ struct mu_endpoint;
 
 /* Owned by health.c, embedded in each mu_endpoint. Zero is a new endpoint. */
 typedef struct mu_health_ep {
-    uint64_t calls;         /* attempts begun */
-    uint64_t failures;      /* attempts that failed at the transport level */
-    unsigned fail_streak;   /* consecutive refusals */
+    /* read by every pick (balance.c): kept together, first */
     uint64_t down_until_us; /* ejected: not picked before this while others are up */
-    uint64_t reuse_ok;      /* answers that came over a kept connection */
-    int no_reuse;           /* it does not keep connections usable: one per call */
-    int quickack;           /* it holds answers' bodies back until our ACK */
     uint64_t ewma_us;       /* peak-sensitive moving average of its latency; 0: no sample */
     uint64_t ewma_at_us;    /* when ewma_us was last updated */
     uint64_t oldest_us;     /* launch time of its oldest attempt in flight; 0: none */
+    /* the rest */
+    uint64_t calls;         /* attempts begun */
+    uint64_t failures;      /* attempts that failed at the transport level */
+    unsigned fail_streak;   /* consecutive refusals */
+    uint64_t reuse_ok;      /* answers that came over a kept connection */
+    int no_reuse;           /* it does not keep connections usable: one per call */
+    int quickack;           /* it holds answers' bodies back until our ACK */
 } mu_health_ep;
 
 typedef struct mu_health_opts {

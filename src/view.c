@@ -47,9 +47,12 @@ static mu_endpoint *endpoint_ref(mu_view *v, const char *host, int port)
     mu_fmt(key, sizeof key, "%s:%d", host, port);
     mu_endpoint *e = mu_map_get(&v->endpoints, key);
     if (!e) {
-        e = calloc(1, sizeof *e);
+        /* aligned to a cache line: see endpoint.h */
+        size_t sz = (sizeof *e + 63) & ~(size_t)63;
+        e = aligned_alloc(64, sz);
         if (!e)
             return NULL;
+        memset(e, 0, sz);
         memcpy(e->key, key, sizeof key);
         mu_fmt(e->host, sizeof e->host, "%s", host);
         e->port = port;
