@@ -65,6 +65,8 @@ struct mu_call_handle {
     int sent;            /* attempts that may have reached a provider: these use up retries */
     int max_attempts;    /* bound on sent */
     int nbackoff;        /* waits so far */
+    int starting;        /* inside mu_calls_start: a full queue fails mu_call itself */
+    int overloaded;      /* so it did */
     int idempotent, timeout_ms;
     long attempt_timeout_ms; /* what the running attempt was given (may be cut by the deadline) */
     mu_policy policy;
@@ -89,6 +91,7 @@ struct mu_calls {
     mu_calls_deps d;
     mu_call_settings s;
     call_t *live;                /* every call not yet delivered */
+    size_t nlive;                /* max_calls bounds it */
     call_t *waiting, *waiting_tail; /* calls in C_WAITING */
     call_t *done_head, *done_tail;
     call_t *batch;               /* the part of the done queue being delivered now */
@@ -130,6 +133,7 @@ static void live_unlink(call_t *k)
     if (k->next)
         k->next->prev = k->prev;
     k->prev = k->next = NULL;
+    m->nlive--;
 }
 
 static void live_link(call_t *k)
@@ -140,6 +144,7 @@ static void live_link(call_t *k)
     if (m->live)
         m->live->prev = k;
     m->live = k;
+    m->nlive++;
 }
 
 static void call_destroy(call_t *k)
@@ -221,13 +226,11 @@ static call_t *call_new(mu_calls *m)
     if (k) {
         k->m = m;
         k->slot = slot;
-        k->x = mu_xfer_new(m->d.tp);
         k->timer = evtimer_new(m->d.base, on_deadline, k);
         k->wake = evtimer_new(m->d.base, on_wake, k);
     }
-    if (!k || !k->x || !k->timer || !k->wake) {
+    if (!k || !k->timer || !k->wake) {
         if (k) {
-            mu_xfer_free(k->x);
             if (k->timer)
                 event_free(k->timer);
             if (k->wake)
@@ -326,6 +329,7 @@ static void dl_remove(call_t **head, call_t **tail, call_t *k)
 static void queue_remove(call_t *k)
 {
     dl_remove(&k->ep->lane.queue_head, &k->ep->lane.queue_tail, k);
+    k->ep->lane.queued--;
 }
 
 static void run_remove(call_t *k)
@@ -362,6 +366,14 @@ static int launch(call_t *k)
     if (k->hdr_close == keep && attempt_headers(k, !keep) != 0) {
         end_attempt(k);
         finish(k, MU_ENOMEM, "out of memory building headers");
+        return -1;
+    }
+    /* The transfer (a curl handle, some 5 KB) is taken when the first
+     * attempt leaves the queue, not when the call is made: queued calls stay
+     * small. It stays with the call object, spares included. */
+    if (!k->x && !(k->x = mu_xfer_new(k->m->d.tp))) {
+        end_attempt(k);
+        finish(k, MU_ENOMEM, "out of memory for a transfer to %s", k->endpoint);
         return -1;
     }
     e->lane.active++;
@@ -562,6 +574,7 @@ static void reroute_queue(mu_endpoint *e)
      * queued on e again, and must not be moved twice. */
     call_t *q = e->lane.queue_head;
     e->lane.queue_head = e->lane.queue_tail = NULL;
+    e->lane.queued = 0;
     while (q) {
         call_t *next = q->qnext;
         q->qnext = q->qprev = NULL;
@@ -843,6 +856,17 @@ static void start_attempt_on(call_t *k, mu_endpoint *e, uint64_t now)
         finish(k, MU_ETIMEDOUT, "deadline passed before attempt %d", k->attempts + 1);
         return;
     }
+    if (e->lane.queued >= m->s.max_queue) {
+        if (k->starting) { /* mu_calls_start undoes the call */
+            k->overloaded = 1;
+            memcpy(k->endpoint, e->key, sizeof k->endpoint);
+        }
+        else
+            finish(k, MU_EOVERLOADED,
+                   "%d attempts already wait for a connection to %s (max_queue_per_host)",
+                   e->lane.queued, e->key);
+        return;
+    }
     m->id_seq++;
     format_request_id(k->request_id, m->id_hi, m->id_seq);
     if (mu_encode_request_finish(&k->body, k->prefix_len, k->request_id) != 0) {
@@ -867,6 +891,7 @@ static void start_attempt_on(call_t *k, mu_endpoint *e, uint64_t now)
     }
     k->state = C_QUEUED;
     dl_append(&e->lane.queue_head, &e->lane.queue_tail, k);
+    e->lane.queued++;
 }
 
 static void start_attempt(call_t *k)
@@ -1075,6 +1100,10 @@ mu_status mu_calls_start(mu_calls *m, mu_target *t, const char *method, const ch
                o->policy);
         return MU_EINVAL;
     }
+    if (m->nlive >= (size_t)m->s.max_calls) {
+        mu_fmt(err, errcap, "mu_call: %zu calls are already in flight (max_calls)", m->nlive);
+        return MU_EOVERLOADED;
+    }
     call_t *k = call_get(m);
     if (!k || mu_encode_request_prefix(&m->enc, &k->body, method, strlen(method), args, alen,
                                        kwargs, klen) != 0) {
@@ -1087,9 +1116,6 @@ mu_status mu_calls_start(mu_calls *m, mu_target *t, const char *method, const ch
     k->cb = cb;
     k->user = user;
     call_setup(k, t, o, policy);
-    m->d.stats->calls_started++;
-    if (id)
-        *id = call_id(k);
     mu_group *g = t->g;
     if (g->state == MU_GROUP_LOADING) {
         k->state = C_WAITING;
@@ -1097,8 +1123,22 @@ mu_status mu_calls_start(mu_calls *m, mu_target *t, const char *method, const ch
     } else if (g->state == MU_GROUP_NONODE) {
         finish(k, MU_ENOPROVIDER, "no provider registered: %s does not exist", g->path);
     } else {
+        k->starting = 1;
+        k->overloaded = 0;
         start_attempt(k);
+        k->starting = 0;
+        if (k->overloaded) { /* the pick's queue was full: no call was made */
+            mu_fmt(err, errcap,
+                   "mu_call: %d attempts already wait for a connection to %s (max_queue_per_host)",
+                   m->s.max_queue, k->endpoint);
+            evtimer_del(k->timer);
+            recycle(k);
+            return MU_EOVERLOADED;
+        }
     }
+    m->d.stats->calls_started++;
+    if (id)
+        *id = call_id(k);
     return MU_OK;
 }
 

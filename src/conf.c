@@ -48,6 +48,12 @@ static const key_spec keys[] = {
     {"preload", "", K_LIST, 0, 0, NULL, "comma list of SERVICE:METHOD to load at start"},
     {"max_connections_per_host", "32", K_INT, 1, 100000, NULL,
      "keep-alive connections per provider; more calls queue"},
+    {"max_calls", "10000", K_INT, 1, 10000000, NULL,
+     "calls started and not yet completed, per client; beyond it mu_call() fails at once "
+     "with MU_EOVERLOADED"},
+    {"max_queue_per_host", "1000", K_INT, 1, 10000000, NULL,
+     "attempts waiting for a connection to one provider; beyond it the call fails with "
+     "MU_EOVERLOADED"},
     {"max_connections", "1024", K_INT, 1, 1000000, NULL, "connection cache size, all providers"},
     {"max_response_bytes", "67108864", K_INT, 1024, 2147483647L, NULL,
      "largest response accepted (also caps the LZ4 declared size)"},

@@ -27,6 +27,7 @@ struct mu_call_handle;
 /* call.c's per-endpoint state: the attempts on it. */
 typedef struct mu_lane {
     int active;  /* attempts handed to the transport */
+    int queued;  /* attempts in the queue (max_queue_per_host bounds it) */
     struct mu_call_handle *queue_head, *queue_tail; /* waiting for a connection, in order */
     struct mu_call_handle *run_head, *run_tail;     /* handed to the transport, oldest first */
 } mu_lane;

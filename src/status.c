@@ -20,6 +20,7 @@ static const struct {
     [MU_EREMOTE] = {"MU_EREMOTE", "remote error"},
     [MU_ECANCELLED] = {"MU_ECANCELLED", "cancelled"},
     [MU_EAUTH] = {"MU_EAUTH", "authentication failed"},
+    [MU_EOVERLOADED] = {"MU_EOVERLOADED", "overloaded: too many calls in flight or queued"},
 };
 
 #define N_STATUS (sizeof status_table / sizeof status_table[0])

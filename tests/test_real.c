@@ -15,76 +15,7 @@
 #include <signal.h>
 
 #include "fixture.h"
-
-/* ------------------------------------------------------------ load */
-
-/* Keeps `inflight` non-idempotent calls going until `total` have ended. */
-typedef struct load {
-    mu_client *c;
-    const char *target;
-    int total, started, ended, failed, inflight;
-    int max_attempts;
-    unsigned long long max_latency_us;
-    char first_failure[400];
-} load;
-
-static void load_next(load *l);
-
-static void load_done(const mu_result *r, void *user)
-{
-    load *l = user;
-    l->ended++;
-    if (r->attempts > l->max_attempts)
-        l->max_attempts = r->attempts;
-    if (r->latency_us > l->max_latency_us)
-        l->max_latency_us = r->latency_us;
-    if (r->status != MU_OK && l->failed++ == 0)
-        snprintf(l->first_failure, sizeof l->first_failure, "%s: %s", mu_status_name(r->status),
-                 r->detail);
-    load_next(l);
-}
-
-static void load_next(load *l)
-{
-    if (l->started >= l->total)
-        return;
-    char args[32];
-    snprintf(args, sizeof args, "[%d]", l->started);
-    mu_call_opts o = MU_CALL_OPTS_INIT;
-    o.idempotent = 0;
-    l->started++;
-    if (mu_call(l->c, l->target, args, NULL, &o, load_done, l, NULL) != MU_OK) {
-        l->ended++;
-        if (l->failed++ == 0)
-            snprintf(l->first_failure, sizeof l->first_failure, "mu_call: %s",
-                     mu_client_errmsg(l->c));
-    }
-}
-
-static int load_over(void *arg)
-{
-    load *l = arg;
-    return l->ended >= l->total;
-}
-
-static void load_begin(load *l, mu_client *c, const char *target, int total, int inflight)
-{
-    memset(l, 0, sizeof *l);
-    l->c = c;
-    l->target = target;
-    l->total = total;
-    l->inflight = inflight;
-    for (int i = 0; i < inflight; i++)
-        load_next(l);
-}
-
-static void load_finish(load *l, int ms)
-{
-    assert_true(tu_run_until(base, load_over, l, ms));
-    if (l->failed)
-        fprintf(stderr, "  %d of %d failed; first: %s\n", l->failed, l->total, l->first_failure);
-    assert_int_equal(l->failed, 0);
-}
+#include "load.h"
 
 /* ------------------------------------------------------------ 1. variants */
 

@@ -45,7 +45,9 @@ typedef enum mu_status {
     MU_ETOOBIG = 11,     /**< The response exceeds the configured size cap. */
     MU_EREMOTE = 12,     /**< The provider returned an error (name, code, message). */
     MU_ECANCELLED = 13,  /**< Cancelled by the caller, or the client was freed. */
-    MU_EAUTH = 14        /**< The provider rejected the auth token (HTTP 401). */
+    MU_EAUTH = 14,       /**< The provider rejected the auth token (HTTP 401). */
+    MU_EOVERLOADED = 15  /**< A cap on calls (max_calls, max_queue_per_host) is reached:
+                              nothing was sent; try later or shed load. */
 } mu_status;
 
 /**
@@ -248,7 +250,11 @@ MU_EXPORT void mu_call_opts_init(mu_call_opts *opts);
  *
  * Returns MU_EINVAL (bad target, args or kwargs not valid JSON of the right
  * shape, bad option) or MU_ENOMEM without calling @p cb;
- * mu_client_errmsg() says why.
+ * mu_client_errmsg() says why. Returns MU_EOVERLOADED, also without calling
+ * @p cb and with nothing sent, when `max_calls` calls of this client have
+ * not completed yet, or when the provider picked already has
+ * `max_queue_per_host` attempts waiting for a connection (a retry that meets
+ * a full queue ends its call with MU_EOVERLOADED through @p cb).
  *
  * Retries go to another provider. An attempt that provably never reached a
  * provider (connect refused, a kept connection closed or reset unread) is
