@@ -103,6 +103,31 @@ const char *mu_policy_name(mu_policy p)
     return "unknown";
 }
 
+/* ------------------------------------------------------------------ peers */
+
+void mu_endpoint_peers(const mu_endpoint *e, uint64_t now_us, int max_pct, mu_peers *out)
+{
+    memset(out, 0, sizeof *out);
+    for (const member *m = e->members; m; m = m->enext) {
+        const mu_pool *p = m->pool;
+        size_t down = 1; /* e itself */
+        for (size_t i = 0; i < p->n; i++) {
+            const mu_endpoint *o = p->eps[i];
+            if (o == e)
+                continue;
+            if (o->health.down_until_us > now_us)
+                down++;
+            out->calls += o->health.win_calls;
+            out->errors += o->health.win_errors;
+        }
+        int pct = (int)(down * 100 / p->n);
+        if (pct > out->down_pct)
+            out->down_pct = pct;
+        if (down > 1 && down * 100 > (size_t)max_pct * p->n)
+            out->over_cap = 1;
+    }
+}
+
 /* ------------------------------------------------------------------ random */
 
 uint64_t mu_rand(uint64_t *state)

@@ -66,6 +66,17 @@ uint64_t mu_hash_key(const char *key);
  * and updates the least-pending index of every pool holding e. */
 void mu_endpoint_pending_add(mu_endpoint *e, int delta);
 
+/* What health.c needs to know of an endpoint's peers (the other endpoints
+ * of every pool that holds it) before it ejects it. O(pool sizes): for
+ * ejection decisions only, never per pick. */
+typedef struct mu_peers {
+    int over_cap;   /* in some pool of e, ejecting e too would leave more than max_pct % of
+                     * its endpoints down (being the first one down there is always allowed) */
+    int down_pct;   /* the highest such share, e included */
+    uint64_t calls, errors; /* the peers' recent attempts and errors (health windows) */
+} mu_peers;
+void mu_endpoint_peers(const mu_endpoint *e, uint64_t now_us, int max_pct, mu_peers *out);
+
 /* xorshift64*, for random and p2c. */
 uint64_t mu_rand(uint64_t *state);
 

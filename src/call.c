@@ -661,24 +661,51 @@ static void inflight_of(const call_t *o, uint64_t now, mu_inflight *out)
     out->fresh_connection = mu_xfer_fresh_connection(o->x);
 }
 
-/* Acts on health's verdicts about e; watches its oldest attempt for a
- * stall when health asks to. kept: the attempt that ended left a
- * connection to e open (it began before e lost keep-alive). */
-static void heed(mu_calls *m, mu_endpoint *e, int verdict, int kept, uint64_t now)
+/* In-flight age: tells health of each attempt on e unanswered past
+ * mu_health_silent_after(), oldest first, until it ejects e. Returns the
+ * wait until the next attempt passes that age (0: none in flight). */
+static uint64_t check_silent(mu_calls *m, mu_endpoint *e, uint64_t now, int *verdict)
 {
-    if ((verdict & MU_HEALTH_ONE_PER_CALL) || (kept && !mu_health_keepalive(e)))
-        mu_transport_close_idle(m->d.tp, e->url);
+    uint64_t after = mu_health_silent_after(m->d.health, e);
+    for (call_t *o = e->lane.run_head; o; o = o->qnext) {
+        if (o->launch_us + after > now)
+            return o->launch_us + after - now;
+        if (verdict && !(*verdict & MU_HEALTH_EJECTED))
+            *verdict |= mu_health_silent(m->d.health, e, o->launch_us, now);
+    }
+    return 0;
+}
+
+/* Arms e's oldest attempt's timer for the next look at e: a keep-alive
+ * stall (health asks for it) or in-flight age. */
+static void watch(mu_calls *m, mu_endpoint *e, uint64_t now)
+{
     call_t *o = e->lane.run_head;
     if (!o || o->stall_armed)
         return;
     mu_inflight in;
     inflight_of(o, now, &in);
     uint64_t us = mu_health_stall_wait(m->d.health, e, &in);
+    uint64_t silent = check_silent(m, e, now, NULL);
+    if (silent && (!us || silent < us))
+        us = silent;
     if (!us)
         return;
     struct timeval tv = {(time_t)(us / 1000000u), (suseconds_t)(us % 1000000u)};
     o->stall_armed = 1;
     evtimer_add(o->wake, &tv);
+}
+
+/* Acts on health's verdicts about e, then watches it. kept: the attempt
+ * that ended left a connection to e open (it began before e lost
+ * keep-alive). An ejected endpoint's queue moves elsewhere. */
+static void heed(mu_calls *m, mu_endpoint *e, int verdict, int kept, uint64_t now)
+{
+    if ((verdict & MU_HEALTH_ONE_PER_CALL) || (kept && !mu_health_keepalive(e)))
+        mu_transport_close_idle(m->d.tp, e->url);
+    if (verdict & MU_HEALTH_EJECTED)
+        reroute_queue(e);
+    watch(m, e, now);
 }
 
 /* Tells health how the attempt went, with the oldest attempt still in
@@ -692,6 +719,7 @@ static int report(call_t *k, mu_endpoint *e, const mu_xfer_result *res, const mu
         inflight_of(o, now, &oldest);
     mu_attempt_report r = {
         .signal = out->signal,
+        .status = out->status,
         .failed = out->status != MU_OK,
         .now_us = now,
         .latency_us = now - k->launch_us,
@@ -734,13 +762,10 @@ static void on_xfer_done(mu_xfer *x, const mu_xfer_result *res, void *user)
     disarm_stall(k);
     k->http_status = res->http_status;
     mu_outcome o = classify(k, res);
-    int verdict = report(k, e, res, &o, now);
-    heed(k->m, e, verdict, res->kept, now);
     /* Queued attempts hold e->pending, so e outlives this. An ejected
-     * endpoint's queue moves elsewhere first; else the next queued attempt
-     * takes the free connection. */
-    if (verdict & MU_HEALTH_EJECTED)
-        reroute_queue(e);
+     * endpoint's queue moves elsewhere first (heed); else the next queued
+     * attempt takes the free connection. */
+    heed(k->m, e, report(k, e, res, &o, now), res->kept, now);
     e->lane.active--;
     pump(e);
     if (o.status == MU_OK) {
@@ -954,7 +979,9 @@ static void on_wake(evutil_socket_t fd, short what, void *arg)
         mu_inflight in;
         uint64_t now = mu_now_us();
         inflight_of(k, now, &in);
-        heed(k->m, e, mu_health_stalled(k->m->d.health, e, &in), 0, now);
+        int verdict = mu_health_stalled(k->m->d.health, e, &in);
+        check_silent(k->m, e, now, &verdict);
+        heed(k->m, e, verdict, 0, now);
         return;
     }
     k->state = C_RUNNING;
@@ -1101,6 +1128,7 @@ mu_status mu_calls_start(mu_calls *m, mu_target *t, const char *method, const ch
         return MU_EINVAL;
     }
     if (m->nlive >= (size_t)m->s.max_calls) {
+        m->d.stats->overloaded++;
         mu_fmt(err, errcap, "mu_call: %zu calls are already in flight (max_calls)", m->nlive);
         return MU_EOVERLOADED;
     }
@@ -1133,6 +1161,7 @@ mu_status mu_calls_start(mu_calls *m, mu_target *t, const char *method, const ch
                    m->s.max_queue, k->endpoint);
             evtimer_del(k->timer);
             recycle(k);
+            m->d.stats->overloaded++;
             return MU_EOVERLOADED;
         }
     }

@@ -335,8 +335,14 @@ static mu_status make_modules(mu_client *c, const mu_config *cfg, mu_proto proto
         .max_response = (size_t)mu_config_long(cfg, "max_response_bytes"),
     };
     c->tp = mu_transport_new(c->base, &to);
-    mu_health_opts ho = {(int)mu_config_long(cfg, "eject_ms"),
-                         (int)mu_config_long(cfg, "keepalive_stall_ms")};
+    mu_health_opts ho = {
+        .eject_ms = (int)mu_config_long(cfg, "eject_ms"),
+        .eject_max_ms = (int)mu_config_long(cfg, "eject_max_ms"),
+        .eject_after = (int)mu_config_long(cfg, "eject_after_failures"),
+        .max_ejected_pct = (int)mu_config_long(cfg, "max_ejected_percent"),
+        .stall_ms = (int)mu_config_long(cfg, "keepalive_stall_ms"),
+        .seed = seed(c) ^ 0x9e3779b97f4a7c15ull,
+    };
     c->health = mu_health_new(&ho, &c->log);
     if (!c->notify || !c->view || !c->tp || !c->health)
         return MU_ENOMEM;
@@ -551,6 +557,7 @@ void mu_client_stats_get(const mu_client *c, mu_client_stats *st, size_t size)
         return;
     mu_client_stats all = c->stats;
     all.connections = mu_transport_connections_opened(c->tp);
+    all.ejections = mu_health_ejections(c->health);
     memcpy(st, &all, size < sizeof all ? size : sizeof all);
 }
 
@@ -593,6 +600,8 @@ static mu_status visit_endpoints(mu_client *c, mu_group *g, mu_endpoints_fn fn, 
         info[i].calls = e->health.calls;
         info[i].failures = e->health.failures;
         info[i].down = !mu_health_up(e, now);
+        info[i].ejections = e->health.ejections;
+        info[i].down_ms = info[i].down ? (long long)((e->health.down_until_us - now) / 1000) : 0;
         ptrs[i] = &info[i];
     }
     mu_life_enter(&c->life, 0);

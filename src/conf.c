@@ -58,7 +58,15 @@ static const key_spec keys[] = {
     {"max_response_bytes", "67108864", K_INT, 1024, 2147483647L, NULL,
      "largest response accepted (also caps the LZ4 declared size)"},
     {"eject_ms", "1000", K_INT, 0, 600000, NULL,
-     "how long a provider that refused a connection is skipped (doubles, up to 30 s)"},
+     "how long an ejected provider is skipped: eject_ms x ejections in a row, +0-25% jitter"},
+    {"eject_max_ms", "30000", K_INT, 0, 3600000, NULL, "cap on one ejection"},
+    {"eject_after_failures", "5", K_INT, 1, 1000, NULL,
+     "consecutive failures that eject a provider: timeouts, broken connections, HTTP errors "
+     "without a microutil body, bad or oversized responses, attempts unanswered 8x past its "
+     "usual latency (a refused connection ejects at once)"},
+    {"max_ejected_percent", "50", K_INT, 0, 100, NULL,
+     "most of a method's providers ejected at once; beyond it all are used (the first "
+     "ejection is always allowed)"},
     {"connect_backoff_ms", "5", K_INT, 1, 60000, NULL,
      "first wait when no provider accepts a connection (it registered before listening); "
      "doubles, jittered, within the deadline"},

@@ -3,14 +3,15 @@
 
 #include <stdlib.h>
 
+#include "balance.h"
 #include "endpoint.h"
-
-#define MAX_EJECT_MS 30000u
 
 struct mu_health {
     mu_health_opts o;
     const mu_logger *log;
     uint64_t ok_us; /* moving average of successful attempts' latency, all endpoints */
+    uint64_t rng;
+    uint64_t ejections;
 };
 
 mu_health *mu_health_new(const mu_health_opts *opts, const mu_logger *log)
@@ -20,6 +21,7 @@ mu_health *mu_health_new(const mu_health_opts *opts, const mu_logger *log)
         return NULL;
     h->o = *opts;
     h->log = log;
+    h->rng = opts->seed | 1;
     return h;
 }
 
@@ -34,16 +36,118 @@ void mu_health_started(mu_health *h, mu_endpoint *e)
     e->health.calls++;
 }
 
-/* A refusal: ejected for eject_ms, doubling per consecutive refusal. */
-static void eject(mu_health *h, mu_health_ep *s)
+/* ------------------------------------------------------------ ejection
+ *
+ * Outlier ejection, for every failure kind (docs/design.md, health):
+ *   - a refused connect ejects at once: nothing listens there;
+ *   - eject_after consecutive failures of the provider's own eject: a
+ *     timeout, a connection broken after sending, an HTTP 5xx without a
+ *     microutil body, a response that breaks the protocol or the size cap,
+ *     and attempts unanswered far past the endpoint's usual latency
+ *     (mu_health_silent) before their timeout fires;
+ *   - an error rate far above the peers': at least 20 recent attempts, at
+ *     least half failed (remote errors included), and 30 points above the
+ *     rate of the other endpoints of its pools. Errors that every provider
+ *     gives alike (bad input) eject nobody.
+ * An ejection lasts eject_ms x ejections in a row, +0-25% jitter, up to
+ * eject_max_ms; it is refused when it would leave more than
+ * max_ejected_pct % of a pool's endpoints down (the first one down is
+ * always allowed): then all are used, as in Envoy's panic mode. The
+ * endpoint is tried again by real traffic once the time is up; one more
+ * failure then ejects it again, longer, and an answer ends the streak. */
+#define WINDOW_US 10000000u
+#define RATE_MIN_CALLS 20u
+#define RATE_GAP_PCT 30u
+#define RATE_CHECK_US 1000000u
+
+static int eject(mu_health *h, mu_endpoint *e, uint64_t now, const char *why)
 {
+    mu_health_ep *s = &e->health;
+    if (s->down_until_us > now)
+        return 0; /* already out */
+    mu_peers pe;
+    mu_endpoint_peers(e, now, h->o.max_ejected_pct, &pe);
+    if (pe.over_cap) {
+        mu_log(h->log, MU_LOG_INFO,
+               "%s: not ejected (%s): %d%% of its pool would be down, over max_ejected_percent "
+               "(%d%%); every endpoint stays in use",
+               e->key, why, pe.down_pct, h->o.max_ejected_pct);
+        return 0;
+    }
+    if (s->eject_level < 1000)
+        s->eject_level++;
+    uint64_t ms = (uint64_t)h->o.eject_ms * s->eject_level;
+    ms += mu_rand(&h->rng) % (ms / 4 + 1);
+    if (ms > (uint64_t)h->o.eject_max_ms)
+        ms = (uint64_t)h->o.eject_max_ms;
+    s->down_until_us = now + ms * 1000u;
+    s->ejections++;
+    s->ejected = 1;
+    h->ejections++;
+    mu_log(h->log, MU_LOG_INFO, "%s: ejected for %llu ms (ejection %u in a row): %s", e->key,
+           (unsigned long long)ms, s->eject_level, why);
+    return MU_HEALTH_EJECTED;
+}
+
+/* A failure of the provider's own. */
+static int strike(mu_health *h, mu_endpoint *e, uint64_t now, const char *what)
+{
+    mu_health_ep *s = &e->health;
     s->failures++;
     s->fail_streak++;
-    unsigned shift = s->fail_streak > 6 ? 5 : s->fail_streak - 1;
-    uint64_t ms = (uint64_t)h->o.eject_ms << shift;
-    if (ms > MAX_EJECT_MS)
-        ms = MAX_EJECT_MS;
-    s->down_until_us = mu_now_us() + ms * 1000u;
+    if (s->fail_streak < (unsigned)h->o.eject_after)
+        return 0;
+    char why[160];
+    mu_fmt(why, sizeof why, "%u failures in a row, the last: %s", s->fail_streak, what);
+    return eject(h, e, now, why);
+}
+
+static void answered(mu_health *h, mu_endpoint *e, uint64_t now)
+{
+    mu_health_ep *s = &e->health;
+    s->fail_streak = 0;
+    s->last_answer_us = now;
+    if (s->ejected) {
+        s->ejected = 0;
+        mu_log(h->log, MU_LOG_INFO, "%s: answering again after ejection %u", e->key,
+               s->eject_level);
+    }
+    /* Up for as long as it was last out: the next ejection starts short. */
+    uint64_t last = (uint64_t)h->o.eject_ms * s->eject_level * 1000u;
+    if (s->eject_level && now >= s->down_until_us + last)
+        s->eject_level = 0;
+}
+
+/* The error-rate outlier check (see above). */
+static int error_rate(mu_health *h, mu_endpoint *e, int failed, uint64_t now)
+{
+    mu_health_ep *s = &e->health;
+    while (now >= s->win_at_us + WINDOW_US) { /* at most a few rounds: then it is 0 */
+        s->win_calls /= 2;
+        s->win_errors /= 2;
+        s->win_at_us = s->win_calls ? s->win_at_us + WINDOW_US : now;
+    }
+    s->win_calls++;
+    s->win_errors += failed != 0;
+    if (!failed || s->win_calls < RATE_MIN_CALLS || s->win_errors * 2 < s->win_calls ||
+        now < s->rate_check_us + RATE_CHECK_US || s->down_until_us > now)
+        return 0;
+    s->rate_check_us = now;
+    mu_peers pe;
+    mu_endpoint_peers(e, now, h->o.max_ejected_pct, &pe);
+    uint64_t own = s->win_errors * 100 / s->win_calls;
+    uint64_t peers = pe.calls ? pe.errors * 100 / pe.calls : 100;
+    if (own < peers + RATE_GAP_PCT)
+        return 0;
+    char why[160];
+    mu_fmt(why, sizeof why, "%llu%% of its last %llu attempts failed, %llu%% of its peers'",
+           (unsigned long long)own, (unsigned long long)s->win_calls, (unsigned long long)peers);
+    return eject(h, e, now, why);
+}
+
+uint64_t mu_health_ejections(const mu_health *h)
+{
+    return h->ejections;
 }
 
 /* Keep-alive that the provider does not honour (docs/protocol.md §6.5, §6.6).
@@ -184,30 +288,68 @@ uint64_t mu_health_cost(const mu_endpoint *e, uint64_t now_us, uint64_t neutral)
     return (lat ? lat : 1) * (uint64_t)(e->pending + 1);
 }
 
+/* A failure of the provider's own, among attempts that reached it: what
+ * strike() counts. NULL for anything else. */
+static const char *own_failure(const mu_attempt_report *r)
+{
+    if (r->signal == MU_SIG_TIMEOUT)
+        return "no answer within timeout_ms";
+    if (r->signal == MU_SIG_BROKEN)
+        return "the connection broke after the request was sent";
+    switch (r->status) {
+    case MU_EHTTP:
+        return r->answered ? "an HTTP error without a microutil body" : NULL;
+    case MU_EPROTOCOL:
+        return "a response that breaks the protocol";
+    case MU_ETOOBIG:
+        return "a response over max_response_bytes";
+    default:
+        return NULL;
+    }
+}
+
 int mu_health_ended(mu_health *h, mu_endpoint *e, const mu_attempt_report *r)
 {
     learn_quickack(h, e, r);
     if (r->signal == MU_SIG_ANSWERED || r->signal == MU_SIG_TIMEOUT || r->signal == MU_SIG_BROKEN)
         ewma_sample(&e->health, latency_sample(h, r), r->now_us);
-    mu_health_ep *s = &e->health;
     int verdict = learn_keepalive(h, e, r);
-    switch (r->signal) {
-    case MU_SIG_ANSWERED:
-        s->fail_streak = 0;
-        s->down_until_us = 0;
-        break;
-    case MU_SIG_REFUSED:
-        eject(h, s);
-        verdict |= MU_HEALTH_EJECTED;
-        break;
-    case MU_SIG_TIMEOUT:
-    case MU_SIG_BROKEN:
-        s->failures++;
-        break;
-    case MU_SIG_NEUTRAL:
-        break;
+    const char *own = own_failure(r);
+    if (r->signal == MU_SIG_REFUSED) {
+        e->health.failures++;
+        e->health.fail_streak++;
+        verdict |= eject(h, e, r->now_us, "connection refused");
+    } else if (own) {
+        verdict |= strike(h, e, r->now_us, own);
+    } else if (r->signal == MU_SIG_ANSWERED) {
+        answered(h, e, r->now_us);
     }
+    if (own || r->signal == MU_SIG_ANSWERED)
+        verdict |= error_rate(h, e, own || r->failed, r->now_us);
     return verdict;
+}
+
+#define SILENT_FACTOR 8u
+#define SILENT_MIN_US 100000u
+
+uint64_t mu_health_silent_after(const mu_health *h, const mu_endpoint *e)
+{
+    uint64_t usual = e->health.ewma_us ? e->health.ewma_us : h->ok_us;
+    uint64_t us = usual * SILENT_FACTOR;
+    return us > SILENT_MIN_US ? us : SILENT_MIN_US;
+}
+
+int mu_health_silent(mu_health *h, mu_endpoint *e, uint64_t launch_us, uint64_t now_us)
+{
+    mu_health_ep *s = &e->health;
+    if (s->last_answer_us >= launch_us || launch_us <= s->silent_upto_us)
+        return 0; /* it answers (that call is just slow), or counted already */
+    s->silent_upto_us = launch_us;
+    char what[96];
+    mu_fmt(what, sizeof what, "unanswered for %llu ms (usual latency %llu us)",
+           (unsigned long long)((now_us - launch_us) / 1000),
+           (unsigned long long)(s->ewma_us ? s->ewma_us : h->ok_us));
+    return strike(h, e, now_us, what);
 }
 
 int mu_health_up(const mu_endpoint *e, uint64_t now_us)

@@ -36,15 +36,27 @@ typedef struct mu_health_ep {
     /* the rest */
     uint64_t calls;         /* attempts begun */
     uint64_t failures;      /* attempts that failed at the transport level */
-    unsigned fail_streak;   /* consecutive refusals */
+    unsigned fail_streak;   /* consecutive failures of the provider's own (see health.c) */
+    unsigned eject_level;   /* ejections in a row: the next one lasts eject_ms x this */
+    uint64_t ejections;     /* times ejected */
+    int ejected;            /* ejected, and no answer since */
+    uint64_t last_answer_us;/* when an HTTP answer last came from it */
+    uint64_t silent_upto_us;/* launch time of the latest attempt counted as silent */
+    uint64_t win_calls, win_errors; /* recent attempts and errors, halved every 10 s */
+    uint64_t win_at_us;     /* when they were last halved */
+    uint64_t rate_check_us; /* when its error rate was last compared with its peers' */
     uint64_t reuse_ok;      /* answers that came over a kept connection */
     int no_reuse;           /* it does not keep connections usable: one per call */
     int quickack;           /* it holds answers' bodies back until our ACK */
 } mu_health_ep;
 
 typedef struct mu_health_opts {
-    int eject_ms;  /* first ejection after a refusal; doubles per refusal, up to 30 s */
-    int stall_ms;  /* keepalive_stall_ms */
+    int eject_ms;        /* first ejection; eject_ms x ejections in a row after */
+    int eject_max_ms;    /* cap on one ejection */
+    int eject_after;     /* consecutive failures that eject (a refusal ejects at once) */
+    int max_ejected_pct; /* share of a pool's endpoints that may be ejected at once */
+    int stall_ms;        /* keepalive_stall_ms */
+    uint64_t seed;       /* for the jitter */
 } mu_health_opts;
 
 typedef struct mu_health mu_health;
@@ -65,6 +77,7 @@ typedef struct mu_inflight {
 /* How one attempt on e ended. */
 typedef struct mu_attempt_report {
     mu_signal signal;
+    mu_status status;        /* the attempt's outcome */
     int failed;              /* the attempt's outcome was not MU_OK */
     uint64_t now_us;         /* when it ended */
     uint64_t latency_us;
@@ -92,6 +105,18 @@ uint64_t mu_health_stall_wait(const mu_health *h, const struct mu_endpoint *e,
                               const mu_inflight *oldest);
 /* That time has passed with the oldest attempt still unanswered. */
 int mu_health_stalled(mu_health *h, struct mu_endpoint *e, const mu_inflight *oldest);
+
+/* In-flight age: how long an attempt on e may go unanswered before it
+ * counts as a failure of e's, though its timeout has not fired: 8 times
+ * e's usual latency (or the client's, for a new endpoint), at least 100 ms. */
+uint64_t mu_health_silent_after(const mu_health *h, const struct mu_endpoint *e);
+/* The attempt on e launched at launch_us has gone unanswered past
+ * mu_health_silent_after(). Told oldest first; each attempt counts once,
+ * and only if no answer has come from e since it began. */
+int mu_health_silent(mu_health *h, struct mu_endpoint *e, uint64_t launch_us, uint64_t now_us);
+
+/* Ejections so far, all endpoints. */
+uint64_t mu_health_ejections(const mu_health *h);
 
 /* The oldest attempt in flight on e began at launch_us (0: none in flight).
  * call.c tells whenever that changes. */

@@ -87,10 +87,169 @@ static void test_backpressure(void **state)
     tb_provider_free(p);
 }
 
+
+/* ------------------------------------------------------------ ejection */
+
+static unsigned long long ejections(mu_client *c)
+{
+    mu_client_stats st;
+    mu_client_stats_get(c, &st, sizeof st);
+    return st.ejections;
+}
+
+typedef struct downs {
+    int down, n;
+    unsigned long long ejections;
+} downs;
+
+static void count_down(const mu_endpoint_info *const *eps, size_t n, void *user)
+{
+    downs *d = user;
+    d->n = (int)n;
+    for (size_t i = 0; i < n; i++) {
+        d->down += eps[i]->down;
+        d->ejections += eps[i]->ejections;
+    }
+}
+
+static downs endpoints_down(mu_client *c, const char *target)
+{
+    downs d = {0, 0, 0};
+    assert_int_equal(mu_client_endpoints(c, target, count_down, &d), MU_OK);
+    return d;
+}
+
+/* Runs `total` calls at 64 in flight on target with the given policy. */
+static void run_load(load *l, mu_client *c, const char *target, int total, int idempotent,
+                     int ms)
+{
+    load_init(l, c, target, total, 64);
+    l->idempotent = idempotent;
+    unsigned long long t0 = tu_now_ms();
+    load_go(l);
+    load_wait(l, ms);
+    fprintf(stderr, "  %s: %d calls in %llu ms, %d failed (%d refused), %llu attempts, %llu "
+            "ejections%s%s\n",
+            target, l->ended, tu_now_ms() - t0, l->failed, l->refused, l->attempts, ejections(c),
+            l->failed ? "; first: " : "", l->failed ? l->first_failure : "");
+}
+
+/* One of three providers raises on every call (1.0.2 answers each
+ * exception with an OtherError 500): a third of the calls failed. Its error
+ * rate, far above its peers', ejects it. */
+static void test_error_rate_outlier(void **state)
+{
+    (void)state;
+    tb_provider *p[3] = {provider("rate", NULL), provider("rate", NULL),
+                         provider("rate", "--fail-rate", "1", NULL)};
+    for (int i = 0; i < 3; i++)
+        assert_non_null(p[i]);
+    mu_client *c = client(tu_config("policy", "round-robin", NULL));
+    load l;
+    run_load(&l, c, "rate:echo", 3000, 0, 30000);
+    assert_true(ejections(c) >= 1);
+    assert_true(l.by_status[MU_EREMOTE] < 3000 / 10); /* was 1,000 */
+    downs d = endpoints_down(c, "rate:echo");
+    assert_int_equal(d.down, 1);
+    mu_client_free(c);
+    for (int i = 0; i < 3; i++)
+        tb_provider_free(p[i]);
+}
+
+/* Every provider raises alike (bad input, say): nobody is ejected. */
+static void test_errors_alike_eject_nobody(void **state)
+{
+    (void)state;
+    tb_provider *p[3] = {provider("alike", "--fail-rate", "1", NULL),
+                         provider("alike", "--fail-rate", "1", NULL),
+                         provider("alike", "--fail-rate", "1", NULL)};
+    for (int i = 0; i < 3; i++)
+        assert_non_null(p[i]);
+    mu_client *c = client(tu_config(NULL));
+    load l;
+    run_load(&l, c, "alike:echo", 2000, 0, 30000);
+    assert_int_equal(l.by_status[MU_EREMOTE], 2000);
+    assert_int_equal(ejections(c), 0);
+    mu_client_free(c);
+    for (int i = 0; i < 3; i++)
+        tb_provider_free(p[i]);
+}
+
+/* One of two providers accepts and never answers. Round-robin kept
+ * sending it half the calls (128 calls completed in 20 s). In-flight age
+ * ejects it in about 100 ms; only the calls already on it wait for their
+ * timeout. */
+static void test_silent_provider(void **state)
+{
+    (void)state;
+    tb_provider *good = provider("silent", NULL), *bad = provider("silent", "--hang", NULL);
+    assert_non_null(good);
+    assert_non_null(bad);
+    mu_client *c = client(tu_config("policy", "round-robin", "timeout_ms", "2000", NULL));
+    load l;
+    unsigned long long t0 = tu_now_ms();
+    run_load(&l, c, "silent:echo", 4000, 0, 20000);
+    /* Per ejection, at most the calls in flight on it before it was found
+     * out (it is revived after eject_ms and found out again). */
+    assert_true(ejections(c) >= 1);
+    assert_true((unsigned long long)l.failed <= 64 * ejections(c));
+    assert_true(tu_now_ms() - t0 < 15000);
+    mu_client_free(c);
+    tb_provider_free(good);
+    tb_provider_free(bad);
+}
+
+/* Garbage bodies (EPROTOCOL) from n of three providers. */
+static void garbage_from(int nbad, load *l, downs *d)
+{
+    tb_provider *p[3];
+    for (int i = 0; i < 3; i++) {
+        p[i] = i < nbad ? provider("junk", "--garbage", NULL) : provider("junk", NULL);
+        assert_non_null(p[i]);
+    }
+    mu_client *c = client(tu_config("policy", "round-robin", NULL));
+    run_load(l, c, "junk:echo", 3000, 0, 30000);
+    assert_true(ejections(c) >= 1);
+    *d = endpoints_down(c, "junk:echo");
+    mu_client_free(c);
+    for (int i = 0; i < 3; i++)
+        tb_provider_free(p[i]);
+}
+
+/* One of three: eject_after_failures in a row eject it. */
+static void test_consecutive_failures(void **state)
+{
+    (void)state;
+    load l;
+    downs d;
+    garbage_from(1, &l, &d);
+    assert_true(l.by_status[MU_EPROTOCOL] < 3000 / 10); /* was 1,000 */
+    assert_int_equal(d.down, 1);
+}
+
+/* Two of three: at most half of the pool is ejected (max_ejected_percent),
+ * so one bad provider stays in use with the good one: panic mode, never
+ * none. */
+static void test_max_ejected(void **state)
+{
+    (void)state;
+    load l;
+    downs d;
+    garbage_from(2, &l, &d);
+    assert_int_equal(d.down, 1);
+    assert_true(l.by_status[MU_EPROTOCOL] < 3000 * 6 / 10); /* was 2,000 */
+    assert_true(l.by_status[MU_EPROTOCOL] > 3000 / 4);     /* the other bad one is used */
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_backpressure, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_error_rate_outlier, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_errors_alike_eject_nobody, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_silent_provider, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_consecutive_failures, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_max_ejected, setup, teardown),
     };
     if (getenv("MU_TEST_FILTER"))
         cmocka_set_test_filter(getenv("MU_TEST_FILTER"));

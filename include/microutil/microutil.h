@@ -289,7 +289,9 @@ typedef struct mu_endpoint_info {
     int pending;            /**< Attempts in flight or queued to it (all methods). */
     unsigned long long calls;    /**< Attempts sent to it. */
     unsigned long long failures; /**< Attempts that failed in transport. */
-    int down;               /**< 1 while it is ejected after connect failures. */
+    int down;               /**< 1 while it is ejected (outlier detection). */
+    unsigned long long ejections; /**< Times it was ejected. */
+    long long down_ms;      /**< While down: ms until it is tried again; else 0. */
 } mu_endpoint_info;
 
 /**
@@ -326,6 +328,9 @@ typedef struct mu_client_stats {
     unsigned long long attempts;
     unsigned long long retries;
     unsigned long long znodes_skipped;   /**< bad child data skipped */
+    unsigned long long ejections;        /**< providers ejected (outlier detection) */
+    unsigned long long overloaded;       /**< mu_call()s refused with MU_EOVERLOADED */
+    unsigned long long retries_denied;   /**< retries not made: the retry budget was spent */
 } mu_client_stats;
 
 /**
