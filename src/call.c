@@ -112,6 +112,11 @@ struct mu_calls {
     struct curl_slist *headers_close; /* the same plus "Connection: close" */
     const struct timeval *deadline_tv; /* libevent's common timeout for deadline_ms */
     uint64_t rng, id_hi, id_seq;
+    /* The retry budget, in hundredths of a retry: each call started puts
+     * retry_budget_percent in, the floor retry_budget_min_per_s x 100 a
+     * second, each retry takes 100 out (Finagle's RetryBudget). */
+    int64_t budget;
+    uint64_t budget_at_us;
 };
 
 static void on_deadline(evutil_socket_t fd, short what, void *arg);
@@ -565,6 +570,36 @@ static int retryable_budget(const call_t *k)
     return k->sent < k->max_attempts && mu_now_us() + 1000 < k->deadline_us;
 }
 
+/* At most 100 retries banked beyond ten seconds of the floor: a quiet
+ * spell does not store up a storm. */
+static int64_t budget_cap(const mu_calls *m)
+{
+    return 100 * (100 + 10 * (int64_t)m->s.budget_min_per_s);
+}
+
+static void budget_deposit(mu_calls *m)
+{
+    if (m->budget < budget_cap(m))
+        m->budget += m->s.budget_pct;
+}
+
+/* Takes one retry from the client's budget; 0 when it is spent. */
+static int budget_take(mu_calls *m)
+{
+    uint64_t now = mu_now_us();
+    uint64_t floor = (now - m->budget_at_us) * (uint64_t)m->s.budget_min_per_s / 10000u;
+    if (floor) { /* in hundredths: us x per_s x 100 / 1e6 */
+        m->budget += (int64_t)floor;
+        m->budget_at_us = now;
+    }
+    if (m->budget > budget_cap(m))
+        m->budget = budget_cap(m);
+    if (m->budget < 100)
+        return 0;
+    m->budget -= 100;
+    return 1;
+}
+
 /* The endpoint was ejected: attempts still waiting in its queue have sent
  * nothing, so they move to another provider now instead of each finding
  * out the slow way. Moving does not use up one of their retries. */
@@ -633,6 +668,13 @@ static void fail_after_send(call_t *k, const mu_outcome *o, const char *why)
 {
     mu_calls *m = k->m;
     mu_status st = o->status;
+    int budget_spent = o->retry && retryable_budget(k) && !budget_take(m);
+    if (budget_spent) {
+        m->d.stats->retries_denied++;
+        finish(k, st, "%s; not retried: the client's retry budget is spent (retry_budget_percent)",
+               why);
+        return;
+    }
     if (o->retry && retryable_budget(k)) {
         m->d.stats->retries++;
         mu_log(m->d.log, MU_LOG_INFO, "%s: attempt %d: %s; retrying", k->t->g->path, k->attempts,
@@ -1166,6 +1208,7 @@ mu_status mu_calls_start(mu_calls *m, mu_target *t, const char *method, const ch
         }
     }
     m->d.stats->calls_started++;
+    budget_deposit(m);
     if (id)
         *id = call_id(k);
     return MU_OK;
@@ -1251,6 +1294,8 @@ mu_calls *mu_calls_new(const mu_calls_deps *deps, const mu_call_settings *s, uin
     m->d = *deps;
     m->s = *s;
     m->rng = seed | 1;
+    m->budget = 100 * (int64_t)s->budget_min_per_s; /* one second of the floor */
+    m->budget_at_us = mu_now_us();
     m->id_hi = mu_rand(&m->rng);
     m->drain = event_new(deps->base, -1, 0, on_drain, m);
     m->headers = fixed_headers(0);

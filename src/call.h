@@ -51,6 +51,7 @@ typedef struct mu_call_settings {
     int max_per_host;                /* attempts handed to curl per endpoint; the rest queue */
     int max_calls;                   /* calls live at once (max_calls) */
     int max_queue;                   /* attempts queued per endpoint (max_queue_per_host) */
+    int budget_pct, budget_min_per_s; /* retry_budget_percent, retry_budget_min_per_s */
     int backoff_ms, backoff_max_ms;  /* connect_backoff_ms, connect_backoff_max_ms */
     mu_proto proto;
     const char *auth_token;          /* borrowed from the client */

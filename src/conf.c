@@ -57,6 +57,11 @@ static const key_spec keys[] = {
     {"max_connections", "1024", K_INT, 1, 1000000, NULL, "connection cache size, all providers"},
     {"max_response_bytes", "67108864", K_INT, 1024, 2147483647L, NULL,
      "largest response accepted (also caps the LZ4 declared size)"},
+    {"retry_budget_percent", "20", K_INT, 0, 1000, NULL,
+     "retries (after an attempt that reached a provider) are capped at this share of calls "
+     "started, plus retry_budget_min_per_s: a fleet that is down gets no retry storm"},
+    {"retry_budget_min_per_s", "10", K_INT, 0, 1000000, NULL,
+     "retries always allowed per second, whatever the share"},
     {"eject_ms", "1000", K_INT, 0, 600000, NULL,
      "how long an ejected provider is skipped: eject_ms x ejections in a row, +0-25% jitter"},
     {"eject_max_ms", "30000", K_INT, 0, 3600000, NULL, "cap on one ejection"},

@@ -415,7 +415,8 @@ static void test_killed_provider_costs_no_failure(void **state)
     tb_provider *p[3];
     for (int i = 0; i < 3; i++)
         assert_non_null(p[i] = start("kill", "--session-ms 30000", NULL));
-    mu_client *c = client(tu_config(NULL));
+    /* Ejected for longer than the 60 calls take, however slow the machine. */
+    mu_client *c = client(tu_config("eject_ms", "10000", NULL));
     tu_outcome o;
     tu_call_sync(base, c, "kill:whoami", NULL, NULL, &o);
     assert_int_equal(o.status, MU_OK);

@@ -241,6 +241,35 @@ static void test_max_ejected(void **state)
     assert_true(l.by_status[MU_EPROTOCOL] > 3000 / 4);     /* the other bad one is used */
 }
 
+/* ------------------------------------------------------------ retry budget */
+
+/* Every provider hangs; idempotent calls, 50 ms timeout, 2 retries: each
+ * call made 3 attempts, tripling the load on a fleet that is already down.
+ * The budget allows retries for 20% of calls, plus 10 a second. */
+static void test_retry_budget(void **state)
+{
+    (void)state;
+    tb_provider *a = provider("down", "--hang", NULL), *b = provider("down", "--hang", NULL);
+    assert_non_null(a);
+    assert_non_null(b);
+    mu_client *c = client(tu_config("timeout_ms", "50", "retries", "2", NULL));
+    load l;
+    unsigned long long t0 = tu_now_ms();
+    run_load(&l, c, "down:echo", 1000, 1, 60000);
+    unsigned long long ms = tu_now_ms() - t0;
+    mu_client_stats st;
+    mu_client_stats_get(c, &st, sizeof st);
+    fprintf(stderr, "  %llu retries, %llu denied in %llu ms\n", st.retries, st.retries_denied, ms);
+    assert_int_equal(l.failed, 1000);
+    /* 20% of 1,000, the floor for the run's length and the first second's */
+    assert_true(st.retries <= 200 + 10 * (ms / 1000 + 2));
+    assert_true(st.retries_denied > 0);
+    assert_true(strstr(l.first_failure, "retry budget") || l.by_status[MU_ETIMEDOUT] == 1000);
+    mu_client_free(c);
+    tb_provider_free(a);
+    tb_provider_free(b);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -250,6 +279,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_silent_provider, setup, teardown),
         cmocka_unit_test_setup_teardown(test_consecutive_failures, setup, teardown),
         cmocka_unit_test_setup_teardown(test_max_ejected, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_retry_budget, setup, teardown),
     };
     if (getenv("MU_TEST_FILTER"))
         cmocka_set_test_filter(getenv("MU_TEST_FILTER"));
