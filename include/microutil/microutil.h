@@ -171,8 +171,11 @@ typedef void (*mu_log_fn)(mu_log_level level, const char *msg, void *user);
  *   client itself and wants its log back may set the level again after
  *   making its first client, if only one thread uses ZooKeeper.
  * - Randomness (balancing draws, backoff jitter, call ids) comes from a
- *   generator in each client, seeded from getrandom(); rand() and random()
- *   are never called, and their seeds are left alone.
+ *   generator in each client, seeded from getrandom(); the library never
+ *   calls rand(), random(), drand48() or their seeding functions. The
+ *   ZooKeeper C client does: it seeds (srandom(), srand48()) and draws from
+ *   random() and drand48() itself, to order and pick its servers, so a
+ *   program that relies on its own seed of those will see it changed.
  * - yajl and LZ4 keep no global state; yajl's allocator hooks are set per
  *   parser. mu_config_load_env() reads the environment with getenv(): do not
  *   change the environment in another thread meanwhile.
