@@ -54,3 +54,11 @@ mu_build() {
     mu_log "build in ${dir#"$MU_TOP"/}"
     make -C "$dir" -s -j"$(nproc)" >/dev/null || make -C "$dir" -j1
 }
+
+# mu_install_optional PACKAGE...: installs, like mu_install_deps, Debian
+# packages that only some checks need (cmake, mandoc), so that building and
+# the test suite proper do not depend on them.
+mu_install_optional() {
+    local MU_DEB_PACKAGES=("$@")
+    mu_install_deps
+}

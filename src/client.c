@@ -9,6 +9,7 @@
 #include "config.h"
 
 #include <event2/event.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -377,10 +378,24 @@ static int preload_one(const char *item, size_t len, void *user)
     return 0;
 }
 
+/* Process-wide state of the libraries below, set up exactly once, whatever
+ * the number of threads making clients ("Threads and process-wide state"
+ * in microutil.h). */
+static pthread_once_t global_once = PTHREAD_ONCE_INIT;
+static int global_failed;
+
+static void global_init(void)
+{
+    global_failed = mu_transport_global_init() != 0;
+    mu_registry_global_init();
+}
+
 mu_status mu_client_new(struct event_base *base, const mu_config *cfg, mu_client **out)
 {
     if (!base || !out)
         return MU_EINVAL;
+    if (pthread_once(&global_once, global_init) != 0 || global_failed)
+        return MU_ENOMEM;
     mu_config *dflt = NULL;
     if (!cfg && !(cfg = dflt = mu_config_new()))
         return MU_ENOMEM;

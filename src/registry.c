@@ -61,6 +61,16 @@ static void zk_log_discard(const char *message)
     MU_UNUSED(message);
 }
 
+/* zookeeper_st formats each log line into static buffers shared by every
+ * handle in the process (its zk_log.c keeps per-thread buffers only in the
+ * multi-threaded build), before handing it to the handle's callback. With
+ * clients in several threads that is a data race, for lines we discard
+ * anyway: level 0 skips the formatting altogether. */
+void mu_registry_global_init(void)
+{
+    zoo_set_debug_level((ZooLogLevel)0);
+}
+
 static const char *state_name(int state)
 {
     if (state == ZOO_CONNECTED_STATE)

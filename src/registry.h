@@ -18,6 +18,10 @@
 struct event_base;
 typedef struct mu_registry mu_registry;
 
+/* Turns the ZooKeeper C client's own logging off, process-wide: see
+ * registry.c. The client calls it once, under pthread_once. */
+void mu_registry_global_init(void);
+
 mu_registry *mu_registry_new(struct event_base *base, mu_view *view, const char *hosts,
                              int session_timeout_ms, const mu_logger *log, mu_client_stats *stats);
 /* Closes the session (pending requests complete as cancelled). */

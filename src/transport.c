@@ -351,6 +351,11 @@ static void drain_done(mu_transport *t)
 
 /* ------------------------------------------------------------ transport */
 
+int mu_transport_global_init(void)
+{
+    return curl_global_init(CURL_GLOBAL_DEFAULT) == CURLE_OK ? 0 : -1;
+}
+
 mu_transport *mu_transport_new(struct event_base *base, const mu_transport_opts *opts)
 {
     if (!base)

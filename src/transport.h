@@ -76,6 +76,11 @@ typedef struct mu_xfer_result {
  * xfer, or cancel other xfers, but must not free the transport. */
 typedef void (*mu_xfer_done_fn)(mu_xfer *x, const mu_xfer_result *res, void *user);
 
+/* libcurl's process-wide initialisation (curl_global_init). Not thread-safe
+ * in every libcurl: the client calls it once, under pthread_once, before
+ * its first transport. 0 on success. */
+int mu_transport_global_init(void);
+
 mu_transport *mu_transport_new(struct event_base *base, const mu_transport_opts *opts);
 /* All xfers must have been freed first. Not from inside a done callback. */
 void mu_transport_free(mu_transport *t);

@@ -5,7 +5,9 @@
  *
  * Everything runs on the caller's libevent `struct event_base`: no threads
  * are created and no call blocks the loop. All functions must be called from
- * the thread that runs that loop unless stated otherwise.
+ * the thread that runs that loop unless stated otherwise. Several cores:
+ * one loop and one client per thread ("Threads and process-wide state",
+ * before mu_client_new()).
  */
 #ifndef MICROUTIL_MICROUTIL_H
 #define MICROUTIL_MICROUTIL_H
@@ -149,12 +151,52 @@ typedef enum mu_log_level {
 /** A log sink. @p msg is valid during the call only. */
 typedef void (*mu_log_fn)(mu_log_level level, const char *msg, void *user);
 
+/*
+ * Threads and process-wide state
+ *
+ * A client is not thread-safe, but clients are independent: a program that
+ * wants several cores runs one event_base and one client per thread
+ * (examples/threads.c), and may make and free clients in several threads
+ * at once. What the libraries below keep per process is dealt with once:
+ *
+ * - libcurl: the first mu_client_new() calls curl_global_init() exactly
+ *   once (pthread_once), and the library never calls curl_global_cleanup().
+ *   A program that also uses libcurl itself, from several threads, should
+ *   call curl_global_init() before it starts them, unless curl_version_info()
+ *   reports CURL_VERSION_THREADSAFE (libcurl 7.84 and later on most
+ *   platforms, Debian 12's 7.88 included), where that call is thread-safe.
+ * - ZooKeeper: zookeeper_st formats its log lines in static buffers shared by
+ *   every handle in the process, a data race as soon as two threads run
+ *   clients; the library discards those lines anyway. So the first
+ *   mu_client_new() turns ZooKeeper's own logging off for the whole process
+ *   (zoo_set_debug_level(0)), once. A program that uses the ZooKeeper C
+ *   client itself and wants its log back may set the level again after
+ *   making its first client, if only one thread uses ZooKeeper.
+ * - Randomness (balancing draws, backoff jitter, call ids) comes from a
+ *   generator in each client, seeded from getrandom(); the library never
+ *   calls rand(), random(), drand48() or their seeding functions. The
+ *   ZooKeeper C client does: it seeds (srandom(), srand48()) and draws from
+ *   random() and drand48() itself, to order and pick its servers, so a
+ *   program that relies on its own seed of those will see it changed.
+ * - yajl and LZ4 keep no global state; yajl's allocator hooks are set per
+ *   parser. mu_config_load_env() reads the environment with getenv(): do not
+ *   change the environment in another thread meanwhile.
+ * - mu_strerror(), mu_status_name(), mu_version(), mu_version_num() and
+ *   mu_config_describe() read constant tables and may be called from any
+ *   thread. A mu_config is plain data: one thread at a time.
+ */
+
 /**
  * Makes a client on @p base configured by @p cfg (NULL: defaults). It starts
  * connecting to ZooKeeper (unless only static providers are configured) and
  * preloads the `preload` targets, without blocking. On success stores the
  * client in @p *out and returns MU_OK; on failure leaves @p *out untouched.
- * @p base must outlive the client.
+ * @p base must outlive the client. May be called from any thread, for a
+ * base that thread runs (see "Threads and process-wide state" above); the
+ * first call sets up libcurl and ZooKeeper's process-wide state, once.
+ * Returns MU_EINVAL for a NULL @p base or @p out, MU_EDISCOVERY when the
+ * ZooKeeper handle cannot be made, and MU_ENOMEM when memory runs out or
+ * libcurl's global initialisation failed.
  */
 MU_EXPORT mu_status mu_client_new(struct event_base *base, const mu_config *cfg, mu_client **out);
 
