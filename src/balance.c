@@ -71,6 +71,7 @@ struct mu_pool {
     member **heap; /* parked nodes, min-heap on park_until; room for n */
     size_t nheap;
     uint64_t all_down_until; /* every endpoint is down until then (0: unknown) */
+    uint64_t slow_us;        /* slow start: slow_start_ms of the pool's service, in us */
     uint64_t gen;
     struct ring_point *ring; /* hash: ring_vnodes() points per endpoint, sorted */
     size_t nring;
@@ -123,7 +124,7 @@ void mu_endpoint_peers(const mu_endpoint *e, uint64_t now_us, int max_pct, mu_pe
         int pct = (int)(down * 100 / p->n);
         if (pct > out->down_pct)
             out->down_pct = pct;
-        if (down > 1 && down * 100 > (size_t)max_pct * p->n)
+        if (max_pct == 0 || (down > 1 && down * 100 > (size_t)max_pct * p->n))
             out->over_cap = 1;
     }
 }
@@ -562,7 +563,23 @@ typedef struct pick_ctx {
     uint64_t *rng;
     int excl_down; /* step 1 of the preference order */
     const uint64_t *key; /* hash: the call's key, or NULL for a random one */
+    uint64_t slow_us;    /* slow start in force (0 in the fallback steps) */
 } pick_ctx;
+
+/* Slow start (Envoy's, Dubbo's warm-up): an endpoint that joined a loaded
+ * group, or came back from ejection, less than slow_us ago is passed over
+ * at random, so that its share of the picks ramps up linearly from 10% to
+ * all of it. Returns 1 to pass over e this time. */
+static int warming(const pick_ctx *c, const mu_endpoint *e)
+{
+    uint64_t from = e->joined_us > e->health.down_until_us ? e->joined_us : e->health.down_until_us;
+    if (!from || c->now >= from + c->slow_us || c->now < from)
+        return 0;
+    uint64_t share = (c->now - from) * 1024 / c->slow_us; /* of 1024 */
+    if (share < 102)
+        share = 102;
+    return (mu_rand(c->rng) & 1023) >= share;
+}
 
 static int is_avoided(const pick_ctx *c, const mu_endpoint *e)
 {
@@ -575,6 +592,8 @@ static int is_avoided(const pick_ctx *c, const mu_endpoint *e)
 static int eligible(const pick_ctx *c, const mu_endpoint *e)
 {
     if (c->excl_down && e->health.down_until_us > c->now)
+        return 0;
+    if (c->slow_us && warming(c, e))
         return 0;
     return !c->navoid || !is_avoided(c, e);
 }
@@ -854,6 +873,8 @@ static mu_endpoint *pick_lp_up(mu_pool *p, const pick_ctx *c)
                 member *next = m->bnext == m ? NULL : m->bnext;
                 park(p, m);
                 m = next;
+            } else if (c->slow_us && warming(c, e)) {
+                m = m->bnext;
             } else {
                 lv_to_tail(L, m);
                 return e;
@@ -938,7 +959,7 @@ static mu_endpoint *pick(mu_pool *p, mu_policy policy, const uint64_t *key,
         return NULL;
     if (p->n == 1)
         return p->eps[0];
-    pick_ctx c = {avoid, avoid ? navoid : 0, now_us, rng, 1, key};
+    pick_ctx c = {avoid, avoid ? navoid : 0, now_us, rng, 1, key, p->slow_us};
     mu_endpoint *e = NULL;
     if (now_us >= p->all_down_until) {
         e = pick_step(p, policy, &c);
@@ -947,11 +968,18 @@ static mu_endpoint *pick(mu_pool *p, mu_policy policy, const uint64_t *key,
     }
     if (!e) {
         c.excl_down = 0;
+        c.slow_us = 0;
         e = pick_step(p, policy, &c);
     }
     if (!e)
         e = pick_tried(p, &c);
     return e;
+}
+
+void mu_pool_set_slow_start(mu_pool *p, uint64_t us)
+{
+    if (p)
+        p->slow_us = us;
 }
 
 mu_endpoint *mu_pool_pick(mu_pool *p, mu_policy policy, mu_endpoint *const *avoid, size_t navoid,

@@ -43,6 +43,9 @@ int mu_pool_set(mu_pool *p, mu_endpoint *const *eps, size_t n);
 size_t mu_pool_size(const mu_pool *p);
 mu_endpoint *mu_pool_get(const mu_pool *p, size_t i);
 
+/* Slow start for the pool's picks: see balance.c's warming(). 0: off. */
+void mu_pool_set_slow_start(mu_pool *p, uint64_t us);
+
 /* Picks an endpoint by policy. Endpoints in avoid[0..navoid) (already tried
  * by this call) and endpoints that are down at now_us are skipped while any
  * other endpoint is available; if all are avoided or down, one of them is
@@ -71,7 +74,8 @@ void mu_endpoint_pending_add(mu_endpoint *e, int delta);
  * ejection decisions only, never per pick. */
 typedef struct mu_peers {
     int over_cap;   /* in some pool of e, ejecting e too would leave more than max_pct % of
-                     * its endpoints down (being the first one down there is always allowed) */
+                     * its endpoints down (being the first one down there is always allowed,
+                     * unless max_pct is 0: ejection off) */
     int down_pct;   /* the highest such share, e included */
     uint64_t calls, errors; /* the peers' recent attempts and errors (health windows) */
 } mu_peers;

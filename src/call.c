@@ -713,7 +713,7 @@ static uint64_t check_silent(mu_calls *m, mu_endpoint *e, uint64_t now, int *ver
         if (o->launch_us + after > now)
             return o->launch_us + after - now;
         if (verdict && !(*verdict & MU_HEALTH_EJECTED))
-            *verdict |= mu_health_silent(m->d.health, e, o->launch_us, now);
+            *verdict |= mu_health_silent(m->d.health, e, &o->t->o->eject, o->launch_us, now);
     }
     return 0;
 }
@@ -762,6 +762,7 @@ static int report(call_t *k, mu_endpoint *e, const mu_xfer_result *res, const mu
     mu_attempt_report r = {
         .signal = out->signal,
         .status = out->status,
+        .rules = &k->t->o->eject,
         .failed = out->status != MU_OK,
         .now_us = now,
         .latency_us = now - k->launch_us,
@@ -1139,15 +1140,14 @@ static int check_json(mu_calls *m, const char **text, size_t *len, const char *d
 /* The call's settings from its options and the target. */
 static void call_setup(call_t *k, mu_target *t, const mu_call_opts *o, int policy)
 {
-    const mu_call_settings *s = &k->m->s;
     k->t = t;
-    k->policy = policy >= 0 ? (mu_policy)policy : t->policy;
+    k->policy = policy >= 0 ? (mu_policy)policy : t->o->policy;
     k->has_key = o->hash_key != NULL;
     k->hash_key = o->hash_key ? mu_hash_key(o->hash_key) : 0;
     k->idempotent = o->idempotent >= 0 ? (o->idempotent != 0) : t->idempotent;
-    k->timeout_ms = o->timeout_ms ? o->timeout_ms : s->timeout_ms;
-    k->max_attempts = 1 + (o->retries >= 0 ? o->retries : s->retries);
-    int deadline_ms = o->deadline_ms ? o->deadline_ms : s->deadline_ms;
+    k->timeout_ms = o->timeout_ms ? o->timeout_ms : t->o->timeout_ms;
+    k->max_attempts = 1 + (o->retries >= 0 ? o->retries : t->o->retries);
+    int deadline_ms = o->deadline_ms ? o->deadline_ms : t->o->deadline_ms;
     k->start_us = mu_now_us();
     k->deadline_us = k->start_us + (uint64_t)deadline_ms * 1000u;
     arm_deadline(k, deadline_ms);

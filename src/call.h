@@ -36,18 +36,28 @@
 
 struct event_base;
 
+/* What may differ per service (KEY.SERVICE). Owned by client.c: one with
+ * the client's values, one per service that overrides any, each living
+ * as long as the client; targets point at their service's. */
+typedef struct mu_svc_opts {
+    mu_policy policy;
+    int timeout_ms, deadline_ms, retries;
+    int slow_start_ms;  /* 0: none */
+    mu_eject_rules eject;
+} mu_svc_opts;
+
 /* What a target ("svc:method") resolves to. Owned by client.c's target
  * table; calls hold a pointer to it for their lifetime. */
 typedef struct mu_target {
     mu_group *g;
     int idempotent;
-    mu_policy policy;
+    const mu_svc_opts *o;
     size_t split; /* offset of ':' */
 } mu_target;
 
 /* The settings calls need, copied at creation. */
 typedef struct mu_call_settings {
-    int timeout_ms, deadline_ms, retries;
+    int deadline_ms;                 /* the client's: calls with it share a common timeout */
     int max_per_host;                /* attempts handed to curl per endpoint; the rest queue */
     int max_calls;                   /* calls live at once (max_calls) */
     int max_queue;                   /* attempts queued per endpoint (max_queue_per_host) */

@@ -50,10 +50,10 @@ struct mu_client {
     /* what resolving a target needs */
     char root[256];
     int per_service;
-    mu_policy policy;
+    mu_svc_opts defaults;    /* the global values of the per-service keys */
     char *auth_token;       /* lent to the call layer */
     mu_map idempotent;      /* "svc:method" / "svc:*" -> (void *)1 */
-    mu_map svc_policy;      /* svc -> mu_policy + 1 */
+    mu_map svc_opts;        /* svc -> mu_svc_opts (owned): services with KEY.SERVICE keys */
     mu_map statics;         /* svc -> hosts string (owned) */
     mu_map targets;         /* target -> mu_target (owned) */
     mu_watch *watches;
@@ -171,12 +171,55 @@ static void add_static(const char *svc, const char *hosts, void *user)
         free(h);
 }
 
-static void add_policy(const char *svc, const char *name, void *user)
+/* The per-service keys' values from cfg: key "policy" or "KEY" for the
+ * client, "KEY.SERVICE" for one service. Values were validated when set. */
+static void set_svc_opt(mu_svc_opts *o, const char *key, const char *value)
+{
+    int v = (int)strtol(value, NULL, 10);
+    if (strcmp(key, "policy") == 0)
+        o->policy = (mu_policy)mu_policy_parse(value);
+    else if (strcmp(key, "timeout_ms") == 0)
+        o->timeout_ms = v;
+    else if (strcmp(key, "deadline_ms") == 0)
+        o->deadline_ms = v;
+    else if (strcmp(key, "retries") == 0)
+        o->retries = v;
+    else if (strcmp(key, "slow_start_ms") == 0)
+        o->slow_start_ms = v;
+    else if (strcmp(key, "eject_ms") == 0)
+        o->eject.eject_ms = v;
+    else if (strcmp(key, "eject_max_ms") == 0)
+        o->eject.eject_max_ms = v;
+    else if (strcmp(key, "eject_after_failures") == 0)
+        o->eject.eject_after = v;
+    else if (strcmp(key, "max_ejected_percent") == 0)
+        o->eject.max_ejected_pct = v;
+}
+
+static void add_override(const char *key, const char *svc, const char *value, void *user)
 {
     mu_client *c = user;
-    int p = mu_policy_parse(name);
-    if (p >= 0)
-        mu_map_put(&c->svc_policy, svc, (void *)(intptr_t)(p + 1));
+    mu_svc_opts *o = mu_map_get(&c->svc_opts, svc);
+    if (!o && (o = malloc(sizeof *o)) != NULL) {
+        *o = c->defaults;
+        if (mu_map_put(&c->svc_opts, svc, o) != 0) {
+            free(o);
+            o = NULL;
+        }
+    }
+    if (o) /* out of memory: the service keeps the client's values */
+        set_svc_opt(o, key, value);
+}
+
+static void apply_svc_opts(mu_client *c, const mu_config *cfg)
+{
+    static const char *const keys[] = {
+        "policy", "timeout_ms", "deadline_ms", "retries", "slow_start_ms",
+        "eject_ms", "eject_max_ms", "eject_after_failures", "max_ejected_percent",
+    };
+    for (size_t i = 0; i < MU_ARRAY_LEN(keys); i++)
+        set_svc_opt(&c->defaults, keys[i], mu_config_str(cfg, keys[i]));
+    mu_config_each_override(cfg, add_override, c);
 }
 
 static mu_log_level level_of(const char *name)
@@ -195,7 +238,6 @@ static mu_status apply_config(mu_client *c, const mu_config *cfg, mu_proto *prot
     c->per_service = mu_config_is_set(cfg, "layout")
                          ? strcmp(mu_config_str(cfg, "layout"), "per-service") == 0
                          : pi->per_service;
-    c->policy = (mu_policy)mu_policy_parse(mu_config_str(cfg, "policy"));
     mu_fmt(c->root, sizeof c->root, "%s", mu_config_str(cfg, "zk_root"));
     c->auth_token = strdup(mu_config_str(cfg, "auth_token"));
     if (!c->auth_token)
@@ -203,16 +245,14 @@ static mu_status apply_config(mu_client *c, const mu_config *cfg, mu_proto *prot
     c->log.level = level_of(mu_config_str(cfg, "log_level"));
     mu_list_each(mu_config_str(cfg, "idempotent"), put_listed, &c->idempotent);
     mu_config_each_service(cfg, "static", add_static, c);
-    mu_config_each_service(cfg, "policy", add_policy, c);
+    apply_svc_opts(c, cfg);
     return MU_OK;
 }
 
 static mu_call_settings call_settings(const mu_client *c, const mu_config *cfg, mu_proto proto)
 {
     mu_call_settings s = {
-        .timeout_ms = (int)mu_config_long(cfg, "timeout_ms"),
         .deadline_ms = (int)mu_config_long(cfg, "deadline_ms"),
-        .retries = (int)mu_config_long(cfg, "retries"),
         .max_per_host = (int)mu_config_long(cfg, "max_connections_per_host"),
         .max_calls = (int)mu_config_long(cfg, "max_calls"),
         .max_queue = (int)mu_config_long(cfg, "max_queue_per_host"),
@@ -309,8 +349,9 @@ static mu_target *resolve(mu_client *c, const char *target, mu_status *st)
     t->split = split;
     mu_fmt(wild, sizeof wild, "%s:*", svc);
     t->idempotent = mu_map_get(&c->idempotent, target) || mu_map_get(&c->idempotent, wild);
-    void *p = mu_map_get(&c->svc_policy, svc);
-    t->policy = p ? (mu_policy)((intptr_t)p - 1) : c->policy;
+    const mu_svc_opts *so = mu_map_get(&c->svc_opts, svc);
+    t->o = so ? so : &c->defaults;
+    mu_pool_set_slow_start(g->pool, (uint64_t)t->o->slow_start_ms * 1000u);
     return t;
 }
 
@@ -339,10 +380,6 @@ static mu_status make_modules(mu_client *c, const mu_config *cfg, mu_proto proto
     };
     c->tp = mu_transport_new(c->base, &to);
     mu_health_opts ho = {
-        .eject_ms = (int)mu_config_long(cfg, "eject_ms"),
-        .eject_max_ms = (int)mu_config_long(cfg, "eject_max_ms"),
-        .eject_after = (int)mu_config_long(cfg, "eject_after_failures"),
-        .max_ejected_pct = (int)mu_config_long(cfg, "max_ejected_percent"),
         .stall_ms = (int)mu_config_long(cfg, "keepalive_stall_ms"),
         .seed = seed(c) ^ 0x9e3779b97f4a7c15ull,
     };
@@ -437,7 +474,10 @@ static void free_maps(mu_client *c)
         free(v);
     mu_map_clear(&c->statics);
     mu_map_clear(&c->idempotent);
-    mu_map_clear(&c->svc_policy);
+    i = 0;
+    while (mu_map_next(&c->svc_opts, &i, &k, &v))
+        free(v);
+    mu_map_clear(&c->svc_opts);
 }
 
 /* Ends every call (each callback fires with MU_ECANCELLED), then frees

@@ -62,6 +62,9 @@ static const key_spec keys[] = {
      "started, plus retry_budget_min_per_s: a fleet that is down gets no retry storm"},
     {"retry_budget_min_per_s", "10", K_INT, 0, 1000000, NULL,
      "retries always allowed per second, whatever the share"},
+    {"slow_start_ms", "0", K_INT, 0, 3600000, NULL,
+     "a provider that joins, or comes back from ejection, gets a share of the picks that "
+     "ramps up over this many ms (0: off)"},
     {"eject_ms", "1000", K_INT, 0, 600000, NULL,
      "how long an ejected provider is skipped: eject_ms x ejections in a row, +0-25% jitter"},
     {"eject_max_ms", "30000", K_INT, 0, 3600000, NULL, "cap on one ejection"},
@@ -71,7 +74,7 @@ static const key_spec keys[] = {
      "usual latency (a refused connection ejects at once)"},
     {"max_ejected_percent", "50", K_INT, 0, 100, NULL,
      "most of a method's providers ejected at once; beyond it all are used (the first "
-     "ejection is always allowed)"},
+     "ejection is always allowed; 0 turns ejection off)"},
     {"connect_backoff_ms", "5", K_INT, 1, 60000, NULL,
      "first wait when no provider accepts a connection (it registered before listening); "
      "doubles, jittered, within the deadline"},
@@ -85,15 +88,37 @@ static const key_spec keys[] = {
 
 #define N_KEYS MU_ARRAY_LEN(keys)
 
-/* Per-service keys, "PREFIX.SERVICE". */
+/* Keys of the table that may also be set for one service, as
+ * "KEY.SERVICE": the value is checked as KEY's. */
+static const char *const per_service[] = {
+    "policy", "timeout_ms", "deadline_ms", "retries", "slow_start_ms",
+    "eject_ms", "eject_max_ms", "eject_after_failures", "max_ejected_percent",
+};
+
+/* Keys that exist only per service, "PREFIX.SERVICE". */
 static const struct {
     const char *prefix;
     enum kind kind;
     const char *help;
 } service_keys[] = {
-    {"policy", K_ENUM, "policy for one service"},
     {"static", K_HOSTS, "static providers host:port,... for one service (no ZooKeeper)"},
 };
+
+static int find_key(const char *name);
+
+/* The table key that "KEY.SERVICE" overrides, or -1. */
+static int per_service_key(const char *key)
+{
+    const char *dot = strchr(key, '.');
+    if (!dot)
+        return -1;
+    for (size_t i = 0; i < MU_ARRAY_LEN(per_service); i++)
+        if (strlen(per_service[i]) == (size_t)(dot - key) &&
+            strncmp(key, per_service[i], (size_t)(dot - key)) == 0)
+            return find_key(per_service[i]);
+    return -1;
+}
+
 
 typedef struct extra {
     char *key;
@@ -292,22 +317,25 @@ mu_status mu_config_set(mu_config *cfg, const char *key, const char *value)
         cfg->values[i] = v;
         return MU_OK;
     }
-    for (size_t s = 0; s < MU_ARRAY_LEN(service_keys); s++) {
+    int ps = per_service_key(key);
+    for (size_t s = 0; ps < 0 && s < MU_ARRAY_LEN(service_keys); s++) {
         size_t pl = strlen(service_keys[s].prefix);
-        if (strncmp(key, service_keys[s].prefix, pl) == 0 && key[pl] == '.') {
-            if (!key[pl + 1] || strchr(key + pl + 1, ':')) {
-                mu_fmt(cfg->error, sizeof cfg->error, "%s: expected %s.SERVICE", key,
-                       service_keys[s].prefix);
-                return MU_ECONFIG;
-            }
-            int bad = service_keys[s].kind == K_ENUM
-                          ? check_value(cfg, key, K_ENUM, 0, 0, keys[find_key("policy")].choices,
-                                        value)
-                          : check_value(cfg, key, service_keys[s].kind, 0, 0, NULL, value);
-            if (bad)
-                return MU_ECONFIG;
-            return set_extra(cfg, key, value) == 0 ? MU_OK : MU_ENOMEM;
+        if (strncmp(key, service_keys[s].prefix, pl) == 0 && key[pl] == '.')
+            ps = (int)(N_KEYS + s);
+    }
+    if (ps >= 0) {
+        const char *svc = strchr(key, '.') + 1;
+        const key_spec *k = ps < (int)N_KEYS ? &keys[ps] : NULL;
+        if (!*svc || strchr(svc, ':') || strchr(svc, '/') || strlen(svc) > 255) {
+            mu_fmt(cfg->error, sizeof cfg->error, "%.200s: expected %.*s.SERVICE", key,
+                   (int)(svc - 1 - key), key);
+            return MU_ECONFIG;
         }
+        int bad = k ? check_value(cfg, key, k->kind, k->min, k->max, k->choices, value)
+                    : check_value(cfg, key, service_keys[ps - (int)N_KEYS].kind, 0, 0, NULL, value);
+        if (bad)
+            return MU_ECONFIG;
+        return set_extra(cfg, key, value) == 0 ? MU_OK : MU_ENOMEM;
     }
     mu_fmt(cfg->error, sizeof cfg->error,
            "unknown key '%s' (see mucall --help for the list of keys)", key);
@@ -351,6 +379,18 @@ const char *mu_config_service(const mu_config *cfg, const char *prefix, const ch
         if (strncmp(e->key, prefix, pl) == 0 && e->key[pl] == '.' && strcmp(e->key + pl + 1, svc) == 0)
             return e->value;
     return NULL;
+}
+
+void mu_config_each_override(const mu_config *cfg,
+                             void (*fn)(const char *key, const char *svc, const char *value,
+                                        void *user),
+                             void *user)
+{
+    for (const extra *e = cfg ? cfg->extras : NULL; e; e = e->next) {
+        int i = per_service_key(e->key);
+        if (i >= 0)
+            fn(keys[i].name, strchr(e->key, '.') + 1, e->value, user);
+    }
 }
 
 void mu_config_each_service(const mu_config *cfg, const char *prefix,
@@ -490,5 +530,12 @@ void mu_config_describe(mu_config_describe_fn fn, void *user)
         char k[32];
         mu_fmt(k, sizeof k, "%s.SERVICE", service_keys[s].prefix);
         fn(k, "", service_keys[s].help, user);
+    }
+    for (size_t s = 0; s < MU_ARRAY_LEN(per_service); s++) {
+        char k[48], help[96];
+        mu_fmt(k, sizeof k, "%s.SERVICE", per_service[s]);
+        mu_fmt(help, sizeof help, "%s for one service (overrides the global value)",
+               per_service[s]);
+        fn(k, "", help, user);
     }
 }

@@ -16,6 +16,12 @@ int mu_config_is_set(const mu_config *cfg, const char *key);
 /* Per-service keys ("policy.SVC", "static.SVC"): the value for svc, or NULL. */
 const char *mu_config_service(const mu_config *cfg, const char *prefix, const char *svc);
 
+/* Calls fn for every "KEY.SVC" key set whose KEY is a per-service table key. */
+void mu_config_each_override(const mu_config *cfg,
+                             void (*fn)(const char *key, const char *svc, const char *value,
+                                        void *user),
+                             void *user);
+
 /* Calls fn for every "PREFIX.SVC" key set. */
 void mu_config_each_service(const mu_config *cfg, const char *prefix,
                             void (*fn)(const char *svc, const char *value, void *user), void *user);

@@ -38,6 +38,9 @@ typedef struct mu_endpoint {
      * a pick's cost is its cache misses. */
     /* balance.c */
     int pending;         /* attempts holding it (queued or in flight) */
+    /* view.c */
+    uint64_t joined_us;  /* when it joined an already loaded group (slow start counts from
+                          * then, or from its revival); 0: it came with a first load */
     /* health.c: its first fields are the ones picks read */
     mu_health_ep health;
     /* balance.c */

@@ -60,26 +60,27 @@ void mu_health_started(mu_health *h, mu_endpoint *e)
 #define RATE_GAP_PCT 30u
 #define RATE_CHECK_US 1000000u
 
-static int eject(mu_health *h, mu_endpoint *e, uint64_t now, const char *why)
+static int eject(mu_health *h, mu_endpoint *e, const mu_eject_rules *ru, uint64_t now,
+                 const char *why)
 {
     mu_health_ep *s = &e->health;
     if (s->down_until_us > now)
         return 0; /* already out */
     mu_peers pe;
-    mu_endpoint_peers(e, now, h->o.max_ejected_pct, &pe);
+    mu_endpoint_peers(e, now, ru->max_ejected_pct, &pe);
     if (pe.over_cap) {
         mu_log(h->log, MU_LOG_INFO,
                "%s: not ejected (%s): %d%% of its pool would be down, over max_ejected_percent "
                "(%d%%); every endpoint stays in use",
-               e->key, why, pe.down_pct, h->o.max_ejected_pct);
+               e->key, why, pe.down_pct, ru->max_ejected_pct);
         return 0;
     }
     if (s->eject_level < 1000)
         s->eject_level++;
-    uint64_t ms = (uint64_t)h->o.eject_ms * s->eject_level;
+    uint64_t ms = (uint64_t)ru->eject_ms * s->eject_level;
     ms += mu_rand(&h->rng) % (ms / 4 + 1);
-    if (ms > (uint64_t)h->o.eject_max_ms)
-        ms = (uint64_t)h->o.eject_max_ms;
+    if (ms > (uint64_t)ru->eject_max_ms)
+        ms = (uint64_t)ru->eject_max_ms;
     s->down_until_us = now + ms * 1000u;
     s->ejections++;
     s->ejected = 1;
@@ -90,19 +91,20 @@ static int eject(mu_health *h, mu_endpoint *e, uint64_t now, const char *why)
 }
 
 /* A failure of the provider's own. */
-static int strike(mu_health *h, mu_endpoint *e, uint64_t now, const char *what)
+static int strike(mu_health *h, mu_endpoint *e, const mu_eject_rules *ru, uint64_t now,
+                  const char *what)
 {
     mu_health_ep *s = &e->health;
     s->failures++;
     s->fail_streak++;
-    if (s->fail_streak < (unsigned)h->o.eject_after)
+    if (s->fail_streak < (unsigned)ru->eject_after)
         return 0;
     char why[160];
     mu_fmt(why, sizeof why, "%u failures in a row, the last: %s", s->fail_streak, what);
-    return eject(h, e, now, why);
+    return eject(h, e, ru, now, why);
 }
 
-static void answered(mu_health *h, mu_endpoint *e, uint64_t now)
+static void answered(mu_health *h, mu_endpoint *e, const mu_eject_rules *ru, uint64_t now)
 {
     mu_health_ep *s = &e->health;
     s->fail_streak = 0;
@@ -113,13 +115,14 @@ static void answered(mu_health *h, mu_endpoint *e, uint64_t now)
                s->eject_level);
     }
     /* Up for as long as it was last out: the next ejection starts short. */
-    uint64_t last = (uint64_t)h->o.eject_ms * s->eject_level * 1000u;
+    uint64_t last = (uint64_t)ru->eject_ms * s->eject_level * 1000u;
     if (s->eject_level && now >= s->down_until_us + last)
         s->eject_level = 0;
 }
 
 /* The error-rate outlier check (see above). */
-static int error_rate(mu_health *h, mu_endpoint *e, int failed, uint64_t now)
+static int error_rate(mu_health *h, mu_endpoint *e, const mu_eject_rules *ru, int failed,
+                      uint64_t now)
 {
     mu_health_ep *s = &e->health;
     while (now >= s->win_at_us + WINDOW_US) { /* at most a few rounds: then it is 0 */
@@ -134,7 +137,7 @@ static int error_rate(mu_health *h, mu_endpoint *e, int failed, uint64_t now)
         return 0;
     s->rate_check_us = now;
     mu_peers pe;
-    mu_endpoint_peers(e, now, h->o.max_ejected_pct, &pe);
+    mu_endpoint_peers(e, now, ru->max_ejected_pct, &pe);
     uint64_t own = s->win_errors * 100 / s->win_calls;
     uint64_t peers = pe.calls ? pe.errors * 100 / pe.calls : 100;
     if (own < peers + RATE_GAP_PCT)
@@ -142,7 +145,7 @@ static int error_rate(mu_health *h, mu_endpoint *e, int failed, uint64_t now)
     char why[160];
     mu_fmt(why, sizeof why, "%llu%% of its last %llu attempts failed, %llu%% of its peers'",
            (unsigned long long)own, (unsigned long long)s->win_calls, (unsigned long long)peers);
-    return eject(h, e, now, why);
+    return eject(h, e, ru, now, why);
 }
 
 uint64_t mu_health_ejections(const mu_health *h)
@@ -318,14 +321,14 @@ int mu_health_ended(mu_health *h, mu_endpoint *e, const mu_attempt_report *r)
     if (r->signal == MU_SIG_REFUSED) {
         e->health.failures++;
         e->health.fail_streak++;
-        verdict |= eject(h, e, r->now_us, "connection refused");
+        verdict |= eject(h, e, r->rules, r->now_us, "connection refused");
     } else if (own) {
-        verdict |= strike(h, e, r->now_us, own);
+        verdict |= strike(h, e, r->rules, r->now_us, own);
     } else if (r->signal == MU_SIG_ANSWERED) {
-        answered(h, e, r->now_us);
+        answered(h, e, r->rules, r->now_us);
     }
     if (own || r->signal == MU_SIG_ANSWERED)
-        verdict |= error_rate(h, e, own || r->failed, r->now_us);
+        verdict |= error_rate(h, e, r->rules, own || r->failed, r->now_us);
     return verdict;
 }
 
@@ -339,7 +342,8 @@ uint64_t mu_health_silent_after(const mu_health *h, const mu_endpoint *e)
     return us > SILENT_MIN_US ? us : SILENT_MIN_US;
 }
 
-int mu_health_silent(mu_health *h, mu_endpoint *e, uint64_t launch_us, uint64_t now_us)
+int mu_health_silent(mu_health *h, mu_endpoint *e, const mu_eject_rules *ru, uint64_t launch_us,
+                     uint64_t now_us)
 {
     mu_health_ep *s = &e->health;
     if (s->last_answer_us >= launch_us || launch_us <= s->silent_upto_us)
@@ -349,7 +353,7 @@ int mu_health_silent(mu_health *h, mu_endpoint *e, uint64_t launch_us, uint64_t 
     mu_fmt(what, sizeof what, "unanswered for %llu ms (usual latency %llu us)",
            (unsigned long long)((now_us - launch_us) / 1000),
            (unsigned long long)(s->ewma_us ? s->ewma_us : h->ok_us));
-    return strike(h, e, now_us, what);
+    return strike(h, e, ru, now_us, what);
 }
 
 int mu_health_up(const mu_endpoint *e, uint64_t now_us)

@@ -50,11 +50,16 @@ typedef struct mu_health_ep {
     int quickack;           /* it holds answers' bodies back until our ACK */
 } mu_health_ep;
 
-typedef struct mu_health_opts {
+/* Ejection rules. They may differ per service (KEY.SERVICE): each attempt
+ * is judged by its call's service's (mu_attempt_report.rules). */
+typedef struct mu_eject_rules {
     int eject_ms;        /* first ejection; eject_ms x ejections in a row after */
     int eject_max_ms;    /* cap on one ejection */
     int eject_after;     /* consecutive failures that eject (a refusal ejects at once) */
     int max_ejected_pct; /* share of a pool's endpoints that may be ejected at once */
+} mu_eject_rules;
+
+typedef struct mu_health_opts {
     int stall_ms;        /* keepalive_stall_ms */
     uint64_t seed;       /* for the jitter */
 } mu_health_opts;
@@ -78,6 +83,7 @@ typedef struct mu_inflight {
 typedef struct mu_attempt_report {
     mu_signal signal;
     mu_status status;        /* the attempt's outcome */
+    const mu_eject_rules *rules; /* its call's service's */
     int failed;              /* the attempt's outcome was not MU_OK */
     uint64_t now_us;         /* when it ended */
     uint64_t latency_us;
@@ -113,7 +119,8 @@ uint64_t mu_health_silent_after(const mu_health *h, const struct mu_endpoint *e)
 /* The attempt on e launched at launch_us has gone unanswered past
  * mu_health_silent_after(). Told oldest first; each attempt counts once,
  * and only if no answer has come from e since it began. */
-int mu_health_silent(mu_health *h, struct mu_endpoint *e, uint64_t launch_us, uint64_t now_us);
+int mu_health_silent(mu_health *h, struct mu_endpoint *e, const mu_eject_rules *rules,
+                     uint64_t launch_us, uint64_t now_us);
 
 /* Ejections so far, all endpoints. */
 uint64_t mu_health_ejections(const mu_health *h);

@@ -41,7 +41,7 @@ mu_view *mu_view_new(const char *url_path, const mu_logger *log, mu_client_stats
 
 /* ---------------------------------------------------------------- endpoints */
 
-static mu_endpoint *endpoint_ref(mu_view *v, const char *host, int port)
+static mu_endpoint *endpoint_ref(mu_view *v, const char *host, int port, uint64_t joined_us)
 {
     char key[sizeof(((mu_endpoint *)0)->key)];
     mu_fmt(key, sizeof key, "%s:%d", host, port);
@@ -53,6 +53,7 @@ static mu_endpoint *endpoint_ref(mu_view *v, const char *host, int port)
         if (!e)
             return NULL;
         memset(e, 0, sz);
+        e->joined_us = joined_us;
         memcpy(e->key, key, sizeof key);
         mu_fmt(e->host, sizeof e->host, "%s", host);
         e->port = port;
@@ -336,7 +337,8 @@ void mu_view_child_data(mu_view *v, mu_group *g, const char *name, const char *d
         char host[64], why[160] = "out of memory";
         int port;
         if (mu_parse_child_data(data, len, host, sizeof host, &port, why, sizeof why) == 0 &&
-            (z->ep = endpoint_ref(v, host, port)) != NULL) {
+            (z->ep = endpoint_ref(v, host, port,
+                                  g->state == MU_GROUP_LOADING ? 0 : mu_now_us())) != NULL) {
             z->state = Z_OK;
         } else {
             z->state = Z_BAD;
@@ -396,7 +398,7 @@ static int add_static(const char *item, size_t len, void *user)
     if (mu_map_get(&sf->g->znodes, key))
         return 0;
     struct znode *z = calloc(1, sizeof *z);
-    if (z && (z->ep = endpoint_ref(sf->v, host, port)) && mu_map_put(&sf->g->znodes, key, z) == 0) {
+    if (z && (z->ep = endpoint_ref(sf->v, host, port, 0)) && mu_map_put(&sf->g->znodes, key, z) == 0) {
         z->state = Z_OK;
         return 0;
     }

@@ -15,6 +15,8 @@ typedef struct load {
     int max_attempts;
     unsigned long long attempts, max_latency_us;
     int by_status[32];
+    const char *watch_ep;      /* "host:port": count the calls it served */
+    int watch_hits;
     char first_failure[400];
 } load;
 
@@ -37,6 +39,8 @@ static inline void load_done(const mu_result *r, void *user)
         l->max_latency_us = r->latency_us;
     if ((unsigned)r->status < sizeof l->by_status / sizeof l->by_status[0])
         l->by_status[r->status]++;
+    if (l->watch_ep && r->endpoint && strcmp(r->endpoint, l->watch_ep) == 0)
+        l->watch_hits++;
     if (r->status != MU_OK && l->failed++ == 0)
         snprintf(l->first_failure, sizeof l->first_failure, "%s: %s", mu_status_name(r->status),
                  r->detail);

@@ -32,6 +32,11 @@ static void test_defaults_and_set(void **state)
     assert_null(mu_config_service(c, "static", "other"));
     assert_int_equal(mu_config_set(c, "policy.svc", "p2c"), MU_OK);
     assert_string_equal(mu_config_service(c, "policy", "svc"), "p2c");
+    /* Every per-service key: checked as its global key. */
+    assert_int_equal(mu_config_set(c, "timeout_ms.svc", "50"), MU_OK);
+    assert_string_equal(mu_config_service(c, "timeout_ms", "svc"), "50");
+    assert_int_equal(mu_config_set(c, "eject_after_failures.svc", "3"), MU_OK);
+    assert_int_equal(mu_config_set(c, "slow_start_ms.svc", "20"), MU_OK);
     assert_null(mu_config_get(c, "nope"));
     mu_config_free(c);
     mu_config_free(NULL);
@@ -57,6 +62,11 @@ static void test_bad_values_name_key_value_and_allowed(void **state)
         {"static.micro", "127.0.0.1", "not host:port"},
         {"policy.micro", "fast", "expected one of"},
         {"static.", "127.0.0.1:1", "expected static.SERVICE"},
+        {"timeout_ms.svc", "0", "timeout_ms.svc = '0': expected an integer from 1 to"},
+        {"eject_after_failures.svc", "x", "from 1 to 1000"},
+        {"retries.", "1", "expected retries.SERVICE"},
+        {"retries.a:b", "1", "expected retries.SERVICE"},
+        {"zk_hosts.svc", "h:1", "unknown key 'zk_hosts.svc'"},
         {"zk_root", "/", "absolute path without a trailing slash"},
         {"path", "json/", "starting with '/'"},
         {"path", "/a b/", "without spaces"},

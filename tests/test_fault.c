@@ -270,6 +270,70 @@ static void test_retry_budget(void **state)
     tb_provider_free(b);
 }
 
+/* ------------------------------------------------------------ per service */
+
+/* The ejection rules are the call's service's: the same garbage provider
+ * is ejected for one service and kept by another that turned ejection off
+ * (eject_after_failures.SERVICE, max_ejected_percent.SERVICE). */
+static void test_rules_per_service(void **state)
+{
+    (void)state;
+    tb_provider *p[2] = {provider("lax", "--garbage", NULL), provider("lax", NULL)};
+    for (int i = 0; i < 2; i++)
+        assert_non_null(p[i]);
+    mu_client *c = client(tu_config("policy", "round-robin", "eject_after_failures.lax", "1000",
+                                    "max_ejected_percent.lax", "0", "timeout_ms.lax", "3000",
+                                    NULL));
+    load l;
+    run_load(&l, c, "lax:echo", 1000, 0, 30000);
+    assert_int_equal(ejections(c), 0);
+    assert_true(l.by_status[MU_EPROTOCOL] >= 400); /* half, give or take */
+    mu_client_free(c);
+    c = client(tu_config("policy", "round-robin", NULL));
+    run_load(&l, c, "lax:echo", 1000, 0, 30000);
+    assert_true(ejections(c) >= 1);
+    assert_true(l.by_status[MU_EPROTOCOL] < 100);
+    mu_client_free(c);
+    for (int i = 0; i < 2; i++)
+        tb_provider_free(p[i]);
+}
+
+/* ------------------------------------------------------------ slow start */
+
+/* A provider joins a loaded method under load: with slow_start_ms its
+ * share of the calls ramps up from 10% instead of jumping to a third. */
+static void test_slow_start(void **state)
+{
+    (void)state;
+    tb_provider *a = provider("warm", NULL), *b = provider("warm", NULL);
+    assert_non_null(a);
+    assert_non_null(b);
+    mu_client *c = client(tu_config("policy", "round-robin", "slow_start_ms.warm", "4000", NULL));
+    load l;
+    load_init(&l, c, "warm:echo", 100000000, 64);
+    load_go(&l);
+    tu_run_for(base, 300);
+    tb_provider *n = provider("warm", NULL);
+    assert_non_null(n);
+    char ep[32];
+    snprintf(ep, sizeof ep, "127.0.0.1:%d", tb_provider_port(n));
+    l.watch_ep = ep;
+    int ended0 = l.ended;
+    tu_run_for(base, 1000);
+    int window = l.ended - ended0, hits = l.watch_hits;
+    l.total = l.started; /* stop */
+    load_wait(&l, 20000);
+    fprintf(stderr, "  the new provider served %d of %d calls in its first second (%.1f%%)\n", hits,
+            window, 100.0 * hits / (window ? window : 1));
+    assert_int_equal(l.failed, 0);
+    assert_true(hits > 0);
+    assert_true(hits * 100 < window * 20); /* a third without slow start */
+    mu_client_free(c);
+    tb_provider_free(a);
+    tb_provider_free(b);
+    tb_provider_free(n);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -280,6 +344,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_consecutive_failures, setup, teardown),
         cmocka_unit_test_setup_teardown(test_max_ejected, setup, teardown),
         cmocka_unit_test_setup_teardown(test_retry_budget, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_rules_per_service, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_slow_start, setup, teardown),
     };
     if (getenv("MU_TEST_FILTER"))
         cmocka_set_test_filter(getenv("MU_TEST_FILTER"));
