@@ -33,6 +33,7 @@ enum call_state {
     C_QUEUED,     /* an attempt waits for one of its endpoint's connections */
     C_RUNNING,    /* an attempt is in flight, or about to start */
     C_BACKOFF,    /* no provider accepted a connection: waiting to try again */
+    C_HEDGED,     /* its hedge carries the call on; it only keeps the id */
     C_DONE,       /* outcome known, queued for delivery */
     C_DELIVERING, /* its callback is running */
     C_SPARE,      /* recycled */
@@ -54,6 +55,11 @@ struct mu_call_handle {
     mu_xfer *x;
     struct event *timer;   /* the deadline */
     struct event *wake;    /* C_BACKOFF: the wait before trying again; C_RUNNING: a stall check */
+    struct event *hedge_ev;/* hedge_ms after the start (made on first use) */
+    call_t *hedge;         /* the other of a hedged pair: exactly one of the two delivers */
+    int is_hedge;          /* this is the second attempt, not the user's call object */
+    int silent;            /* it lost its race: recycled without a callback */
+    int hedge_ms;
     int stall_armed;       /* wake is armed for a stall check */
     int hdr_close;         /* send_hdrs say "Connection: close" */
     struct curl_slist *hdrs;            /* per attempt, 1.0.4+ only */
@@ -122,6 +128,11 @@ struct mu_calls {
 static void on_deadline(evutil_socket_t fd, short what, void *arg);
 static void on_wake(evutil_socket_t fd, short what, void *arg);
 static void on_xfer_done(mu_xfer *x, const mu_xfer_result *res, void *user);
+static void on_hedge(evutil_socket_t fd, short what, void *arg);
+static int unlink_from(call_t **head, call_t **tail, call_t *k);
+static void stop(call_t *k);
+static void recycle(call_t *k);
+static void arm_hedge(call_t *k);
 static void start_attempt(call_t *k);
 static int attempt_headers(call_t *k, int close);
 static void finish(call_t *k, mu_status st, const char *fmt, ...) MU_PRINTF(3, 4);
@@ -160,14 +171,39 @@ static void call_destroy(call_t *k)
     mu_xfer_free(k->x);
     event_free(k->timer);
     event_free(k->wake);
+    if (k->hedge_ev)
+        event_free(k->hedge_ev);
     mu_buf_free(&k->body);
     mu_decoder_cleanup(&k->dec);
     free(k);
 }
 
+static void unpair(call_t *k)
+{
+    if (k->hedge) {
+        k->hedge->hedge = NULL;
+        k->hedge = NULL;
+    }
+}
+
+/* Ends a call object that will never deliver: the loser of a hedged race. */
+static void discard(call_t *k)
+{
+    mu_calls *m = k->m;
+    if (k->state == C_DONE && !unlink_from(&m->batch, NULL, k))
+        unlink_from(&m->done_head, &m->done_tail, k);
+    stop(k);
+    recycle(k);
+}
+
 static void recycle(call_t *k)
 {
     mu_calls *m = k->m;
+    if (k->hedge) { /* the pair is over: the other one goes too */
+        call_t *other = k->hedge;
+        unpair(k);
+        discard(other);
+    }
     live_unlink(k);
     if (k->hdrs) {
         curl_slist_free_all(k->hdrs);
@@ -265,6 +301,8 @@ static call_t *call_get(mu_calls *m)
     k->state = C_RUNNING; /* neither waiting nor queued until told */
     k->ep = NULL;
     k->ntried = k->attempts = k->sent = k->nbackoff = 0;
+    k->hedge = NULL;
+    k->is_hedge = k->silent = 0;
     k->unsent_why[0] = k->unsent_eps[0] = '\0';
     k->http_status = 0;
     k->endpoint[0] = k->detail[0] = '\0';
@@ -440,6 +478,8 @@ static void disarm_stall(call_t *k)
 static void stop(call_t *k)
 {
     evtimer_del(k->timer);
+    if (k->hedge_ev)
+        evtimer_del(k->hedge_ev);
     disarm_stall(k);
     if (k->state == C_WAITING)
         waiting_remove(k);
@@ -462,10 +502,42 @@ static void stop(call_t *k)
     }
 }
 
+/* A hedged pair, both still racing: settles it when k ends with st.
+ * Returns 1 when k now waits for its hedge (nothing to queue). The first
+ * answer (a result or a remote error) wins and the other attempt is
+ * cancelled; a failure only ends the pair's call if the other is done. */
+static int settle(call_t *k, mu_status st)
+{
+    call_t *o = k->hedge;
+    if (!o || o->state == C_HEDGED)
+        return 0;
+    if (st != MU_OK && st != MU_EREMOTE) { /* the other may still answer */
+        if (k->is_hedge) {
+            unpair(k);
+            k->silent = 1;
+            return 0;
+        }
+        stop(k);
+        k->state = C_HEDGED;
+        return 1;
+    }
+    if (k->is_hedge) { /* the primary keeps the user's id until k is delivered */
+        stop(o);
+        o->state = C_HEDGED;
+    } else {
+        k->attempts += o->attempts;
+        unpair(k);
+        discard(o);
+    }
+    return 0;
+}
+
 /* Records the outcome and queues the call for delivery. */
 static void finish(call_t *k, mu_status st, const char *fmt, ...)
 {
     mu_calls *m = k->m;
+    if (settle(k, st))
+        return;
     stop(k);
     k->status = st;
     if (fmt) {
@@ -489,6 +561,10 @@ static void finish(call_t *k, mu_status st, const char *fmt, ...)
 static void deliver(call_t *k)
 {
     mu_calls *m = k->m;
+    if (k->silent) {
+        recycle(k);
+        return;
+    }
     mu_result r;
     memset(&r, 0, sizeof r);
     r.status = k->status;
@@ -503,7 +579,7 @@ static void deliver(call_t *k)
         r.error_message = k->reply.err_message;
     }
     r.endpoint = k->endpoint[0] ? k->endpoint : NULL;
-    r.attempts = k->attempts;
+    r.attempts = k->attempts + (k->hedge ? k->hedge->attempts : 0);
     r.http_status = k->http_status;
     r.latency_us = mu_now_us() - k->start_us;
     r.detail = k->status == MU_OK ? "" : k->detail;
@@ -952,6 +1028,8 @@ static void start_attempt_on(call_t *k, mu_endpoint *e, uint64_t now)
         k->tried[k->ntried++] = e;
     k->attempts++;
     m->d.stats->attempts++;
+    if (k->attempts == 1 && !k->is_hedge)
+        arm_hedge(k); /* counted from the first attempt, not from a wait for discovery */
     memcpy(k->endpoint, e->key, sizeof k->endpoint);
     if (e->lane.active < m->s.max_per_host && !e->lane.queue_head) {
         launch(k);
@@ -1104,6 +1182,68 @@ static void arm_deadline(call_t *k, int deadline_ms)
     evtimer_add(k->timer, tvp);
 }
 
+/* ------------------------------------------------------------- hedging */
+
+/* hedge_ms after an idempotent call started with no answer yet: a second
+ * attempt goes to another provider, drawing on the retry budget. The two
+ * race (settle()); the hedge is a call object of its own, with the
+ * primary's callback, deadline and start time, and one attempt. */
+static void on_hedge(evutil_socket_t fd, short what, void *arg)
+{
+    MU_UNUSED(fd);
+    MU_UNUSED(what);
+    call_t *k = arg;
+    mu_calls *m = k->m;
+    if ((k->state != C_RUNNING && k->state != C_QUEUED) || !k->ep || k->hedge ||
+        mu_pool_size(k->t->g->pool) < 2)
+        return;
+    if (!budget_take(m)) {
+        m->d.stats->retries_denied++;
+        return;
+    }
+    call_t *h = call_get(m);
+    if (!h)
+        return;
+    if (mu_buf_append(&h->body, k->body.data, k->prefix_len) != 0) {
+        recycle(h);
+        return;
+    }
+    h->prefix_len = k->prefix_len;
+    h->cb = k->cb;
+    h->user = k->user;
+    h->t = k->t;
+    h->policy = k->policy;
+    h->has_key = k->has_key;
+    h->hash_key = k->hash_key;
+    h->idempotent = 1;
+    h->timeout_ms = k->timeout_ms;
+    h->max_attempts = 1;
+    h->start_us = k->start_us;
+    h->deadline_us = k->deadline_us;
+    uint64_t now = mu_now_us(), left = k->deadline_us > now ? k->deadline_us - now : 0;
+    struct timeval tv = {(time_t)(left / 1000000u), (suseconds_t)(left % 1000000u)};
+    evtimer_add(h->timer, &tv);
+    h->is_hedge = 1;
+    h->hedge = k;
+    k->hedge = h;
+    h->tried[0] = k->ep;
+    h->ntried = 1;
+    m->d.stats->hedges++;
+    mu_log(m->d.log, MU_LOG_DEBUG, "%s: no answer from %s within %d ms: hedging", k->t->g->path,
+           k->endpoint, k->hedge_ms);
+    start_attempt(h);
+}
+
+static void arm_hedge(call_t *k)
+{
+    if (!k->idempotent || k->hedge_ms <= 0)
+        return;
+    if (!k->hedge_ev && !(k->hedge_ev = evtimer_new(k->m->d.base, on_hedge, k)))
+        return; /* out of memory: no hedge */
+    struct timeval tv = {k->hedge_ms / 1000, (k->hedge_ms % 1000) * 1000};
+    evtimer_add(k->hedge_ev, &tv);
+}
+
 /* ---------------------------------------------------------- entry points */
 
 void mu_calls_group_changed(mu_calls *m, mu_group *g)
@@ -1146,6 +1286,7 @@ static void call_setup(call_t *k, mu_target *t, const mu_call_opts *o, int polic
     k->hash_key = o->hash_key ? mu_hash_key(o->hash_key) : 0;
     k->idempotent = o->idempotent >= 0 ? (o->idempotent != 0) : t->idempotent;
     k->timeout_ms = o->timeout_ms ? o->timeout_ms : t->o->timeout_ms;
+    k->hedge_ms = t->o->hedge_ms;
     k->max_attempts = 1 + (o->retries >= 0 ? o->retries : t->o->retries);
     int deadline_ms = o->deadline_ms ? o->deadline_ms : t->o->deadline_ms;
     k->start_us = mu_now_us();
@@ -1234,6 +1375,13 @@ static int unlink_from(call_t **head, call_t **tail, call_t *k)
 static void cancel_now(call_t *k, const char *why)
 {
     mu_calls *m = k->m;
+    if (k->state == C_HEDGED) { /* the call goes on in its hedge */
+        call_t *h = k->hedge;
+        unpair(k);
+        recycle(k);
+        cancel_now(h, why);
+        return;
+    }
     if (k->state == C_DONE) {
         /* The outcome is known but not delivered: take it off the queue so
          * that the callback fires now, as promised, and only now. */

@@ -42,6 +42,7 @@ struct event_base;
 typedef struct mu_svc_opts {
     mu_policy policy;
     int timeout_ms, deadline_ms, retries;
+    int hedge_ms;       /* 0: no hedging */
     int slow_start_ms;  /* 0: none */
     mu_eject_rules eject;
 } mu_svc_opts;

@@ -62,6 +62,9 @@ static const key_spec keys[] = {
      "started, plus retry_budget_min_per_s: a fleet that is down gets no retry storm"},
     {"retry_budget_min_per_s", "10", K_INT, 0, 1000000, NULL,
      "retries always allowed per second, whatever the share"},
+    {"hedge_ms", "0", K_INT, 0, 3600000, NULL,
+     "idempotent calls only: with no answer after this many ms, a second attempt goes to "
+     "another provider and the first answer wins (0: off); capped by the retry budget"},
     {"slow_start_ms", "0", K_INT, 0, 3600000, NULL,
      "a provider that joins, or comes back from ejection, gets a share of the picks that "
      "ramps up over this many ms (0: off)"},
@@ -91,7 +94,7 @@ static const key_spec keys[] = {
 /* Keys of the table that may also be set for one service, as
  * "KEY.SERVICE": the value is checked as KEY's. */
 static const char *const per_service[] = {
-    "policy", "timeout_ms", "deadline_ms", "retries", "slow_start_ms",
+    "policy", "timeout_ms", "deadline_ms", "retries", "hedge_ms", "slow_start_ms",
     "eject_ms", "eject_max_ms", "eject_after_failures", "max_ejected_percent",
 };
 

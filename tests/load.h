@@ -17,6 +17,8 @@ typedef struct load {
     int by_status[32];
     const char *watch_ep;      /* "host:port": count the calls it served */
     int watch_hits;
+    unsigned long long slow_us; /* count the calls that took this long or more */
+    int slow;
     char first_failure[400];
 } load;
 
@@ -41,6 +43,8 @@ static inline void load_done(const mu_result *r, void *user)
         l->by_status[r->status]++;
     if (l->watch_ep && r->endpoint && strcmp(r->endpoint, l->watch_ep) == 0)
         l->watch_hits++;
+    if (l->slow_us && r->latency_us >= l->slow_us)
+        l->slow++;
     if (r->status != MU_OK && l->failed++ == 0)
         snprintf(l->first_failure, sizeof l->first_failure, "%s: %s", mu_status_name(r->status),
                  r->detail);

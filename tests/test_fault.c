@@ -334,6 +334,104 @@ static void test_slow_start(void **state)
     tb_provider_free(n);
 }
 
+/* ------------------------------------------------------------ hedging */
+
+static unsigned long long hedges(mu_client *c)
+{
+    mu_client_stats st;
+    mu_client_stats_get(c, &st, sizeof st);
+    return st.hedges;
+}
+
+/* One of two providers answers after 500 ms. Idempotent calls hedged at
+ * 20 ms: the first answer wins, so no call waits for the slow one while
+ * the budget allows a hedge; the budget caps hedges as it caps retries. */
+static void test_hedging(void **state)
+{
+    (void)state;
+    tb_provider *fast = provider("hedge", NULL), *slow = provider("hedge", "--delay-ms", "500", NULL);
+    assert_non_null(fast);
+    assert_non_null(slow);
+    mu_client *c = client(tu_config("policy", "round-robin", "hedge_ms.hedge", "20",
+                                    "retry_budget_percent", "1000", NULL));
+    load l;
+    load_init(&l, c, "hedge:echo", 1000, 64);
+    l.idempotent = 1;
+    l.slow_us = 450000;
+    load_go(&l);
+    load_wait(&l, 60000);
+    fprintf(stderr, "  ample budget: %d calls, %d failed, %llu hedges, %d took 450 ms or more\n",
+            l.ended, l.failed, hedges(c), l.slow);
+    assert_int_equal(l.failed, 0);
+    assert_true(hedges(c) >= 300); /* half the calls went to the slow one */
+    assert_true(l.slow <= 10);     /* about 500 without hedging */
+    mu_client_free(c);
+
+    /* The default budget: 20% of calls plus 10 a second. */
+    c = client(tu_config("policy", "round-robin", "hedge_ms.hedge", "20", NULL));
+    unsigned long long t0 = tu_now_ms();
+    load_init(&l, c, "hedge:echo", 1000, 64);
+    l.idempotent = 1;
+    load_go(&l);
+    load_wait(&l, 60000);
+    unsigned long long secs = (tu_now_ms() - t0) / 1000 + 2;
+    fprintf(stderr, "  default budget: %llu hedges in %llu s\n", hedges(c), secs - 2);
+    assert_int_equal(l.failed, 0);
+    assert_true(hedges(c) > 0);
+    assert_true(hedges(c) <= 200 + 10 * secs);
+    mu_client_free(c);
+    tb_provider_free(fast);
+    tb_provider_free(slow);
+}
+
+typedef struct once {
+    int fired, cancelled;
+} once;
+
+static void once_cb(const mu_result *r, void *user)
+{
+    once *o = user;
+    o->fired++;
+    o->cancelled += r->status == MU_ECANCELLED;
+}
+
+/* Cancelling a hedged call by its id, and freeing the client while pairs
+ * race: one callback per call, whichever of the pair holds it. */
+static void test_hedge_cancel_and_free(void **state)
+{
+    (void)state;
+    tb_provider *a = provider("hc", "--delay-ms", "300", NULL),
+                *b = provider("hc", "--delay-ms", "300", NULL);
+    assert_non_null(a);
+    assert_non_null(b);
+    mu_client *c = client(tu_config("hedge_ms", "10", "retry_budget_percent", "1000",
+                                    "preload", "hc:echo", NULL));
+    tu_run_for(base, 300);
+    enum { N = 64 };
+    once o[N];
+    mu_call_id ids[N];
+    memset(o, 0, sizeof o);
+    mu_call_opts opts = MU_CALL_OPTS_INIT;
+    opts.idempotent = 1;
+    for (int i = 0; i < N; i++)
+        assert_int_equal(mu_call(c, "hc:echo", "[1]", NULL, &opts, once_cb, &o[i], &ids[i]), MU_OK);
+    tu_run_for(base, 100); /* every call hedged by now */
+    assert_true(hedges(c) >= N / 2);
+    for (int i = 0; i < N; i += 2) {
+        assert_int_equal(mu_call_cancel(c, ids[i]), 1);
+        assert_int_equal(o[i].fired, 1);
+        assert_int_equal(mu_call_cancel(c, ids[i]), 0); /* stale now */
+    }
+    tu_run_for(base, 50);
+    mu_client_free(c);
+    for (int i = 0; i < N; i++) {
+        assert_int_equal(o[i].fired, 1);
+        assert_int_equal(o[i].cancelled, 1);
+    }
+    tb_provider_free(a);
+    tb_provider_free(b);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -346,6 +444,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_retry_budget, setup, teardown),
         cmocka_unit_test_setup_teardown(test_rules_per_service, setup, teardown),
         cmocka_unit_test_setup_teardown(test_slow_start, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_hedging, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_hedge_cancel_and_free, setup, teardown),
     };
     if (getenv("MU_TEST_FILTER"))
         cmocka_set_test_filter(getenv("MU_TEST_FILTER"));

@@ -372,7 +372,8 @@ typedef struct mu_client_stats {
     unsigned long long znodes_skipped;   /**< bad child data skipped */
     unsigned long long ejections;        /**< providers ejected (outlier detection) */
     unsigned long long overloaded;       /**< mu_call()s refused with MU_EOVERLOADED */
-    unsigned long long retries_denied;   /**< retries not made: the retry budget was spent */
+    unsigned long long retries_denied;   /**< retries and hedges not made: the retry budget was spent */
+    unsigned long long hedges;           /**< hedge attempts started (hedge_ms) */
 } mu_client_stats;
 
 /**
