@@ -178,7 +178,8 @@ static void test_load_json_and_list(void **state)
     if (!v)
         fail_msg("not JSON: %s: %s", e, out);
     const char *keys[] = {"calls", "ok", "failed", "wall_s", "calls_per_s", "cpu_user_s",
-                          "cpu_sys_s", "cpu_us_per_call", "p50_us", "p99_us"};
+                          "cpu_sys_s", "cpu_us_per_call", "p50_us", "p99_us", "attempts",
+                          "retries", "hedges", "ejections", "retries_denied", "overloaded"};
     for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++) {
         const char *path[] = {keys[i], NULL};
         if (!yajl_tree_get(v, path, yajl_t_number))
@@ -188,6 +189,8 @@ static void test_load_json_and_list(void **state)
                *er[] = {"errors", NULL};
     assert_int_equal(YAJL_GET_INTEGER(yajl_tree_get(v, calls, yajl_t_number)), 500);
     assert_int_equal(YAJL_GET_INTEGER(yajl_tree_get(v, ok, yajl_t_number)), 500);
+    const char *att[] = {"attempts", NULL};
+    assert_int_equal(YAJL_GET_INTEGER(yajl_tree_get(v, att, yajl_t_number)), 500);
     yajl_val eps = yajl_tree_get(v, pe, yajl_t_object);
     assert_non_null(eps);
     assert_int_equal(YAJL_GET_OBJECT(eps)->len, 1);

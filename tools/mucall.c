@@ -358,7 +358,12 @@ static double tv_s(struct timeval tv)
 static void print_json(const app *a, double wall, double user, double sys)
 {
     long n = a->done, failed = a->done - a->ok;
+    mu_client_stats cs;
+    mu_client_stats_get(a->client, &cs, sizeof cs);
     printf("{\"calls\": %ld, \"ok\": %ld, \"failed\": %ld, ", n, a->ok, failed);
+    printf("\"attempts\": %llu, \"retries\": %llu, \"hedges\": %llu, \"ejections\": %llu, "
+           "\"retries_denied\": %llu, \"overloaded\": %llu, ",
+           cs.attempts, cs.retries, cs.hedges, cs.ejections, cs.retries_denied, cs.overloaded);
     if (a->rate > 0)
         printf("\"rate\": %.1f, \"late\": %ld, ", a->rate, a->late);
     else
@@ -392,6 +397,11 @@ static void print_text(const app *a, double wall, double user, double sys)
     else
         printf("%ld calls (%ld ok, %ld failed) with %ld in flight in %.3f s\n", n, a->ok, failed,
                a->window, wall);
+    mu_client_stats cs;
+    mu_client_stats_get(a->client, &cs, sizeof cs);
+    printf("  %llu attempts, %llu retries, %llu hedges, %llu ejections (%llu retries or hedges "
+           "denied by the budget)\n",
+           cs.attempts, cs.retries, cs.hedges, cs.ejections, cs.retries_denied);
     printf("  %.0f calls/s, client CPU %.1f us/call (user %.3f s, sys %.3f s)\n",
            wall > 0 ? (double)n / wall : 0, n ? (user + sys) * 1e6 / (double)n : 0, user, sys);
     printf("  latency%s p50 %.3f ms, p90 %.3f ms, p99 %.3f ms, p99.9 %.3f ms, max %.3f ms\n",
