@@ -27,6 +27,7 @@
 #include "map.h"
 #include "registry.h"
 #include "transport.h"
+#include "snapshot.h"
 #include "view.h"
 
 /* A user watch on a target (mu_client_watch). */
@@ -61,6 +62,9 @@ struct mu_client {
     /* the modules */
     mu_view *view;
     mu_registry *reg;       /* NULL without ZooKeeper */
+    mu_snapshot *snap;      /* NULL without snapshot_file */
+    struct event *stale_ev; /* snapshot_stale_after_ms after the start */
+    int stale_ok;           /* it fired with ZooKeeper unreachable: use the snapshot */
     mu_transport *tp;
     mu_health *health;
     mu_calls *calls;
@@ -131,6 +135,7 @@ static void on_notify(evutil_socket_t fd, short what, void *arg)
 static void on_group_changed(mu_group *g, void *user)
 {
     mu_client *c = user;
+    mu_snapshot_changed(c->snap);
     if (c->calls)
         mu_calls_group_changed(c->calls, g);
     int notify = 0;
@@ -308,6 +313,27 @@ static int split_target(mu_client *c, const char *target, char *svc, size_t cap,
     return 0;
 }
 
+/* A group ZooKeeper has not listed, while it cannot be reached: from the
+ * snapshot, marked stale, if the snapshot has it. */
+static void try_stale(mu_group *g, void *user)
+{
+    mu_client *c = user;
+    const char *hosts = mu_snapshot_hosts(c->snap, g->path);
+    if (hosts && g->state == MU_GROUP_LOADING)
+        mu_view_set_stale(c->view, g, hosts);
+}
+
+static void on_stale(evutil_socket_t fd, short what, void *arg)
+{
+    MU_UNUSED(fd);
+    MU_UNUSED(what);
+    mu_client *c = arg;
+    if (mu_client_zk_connected(c))
+        return;
+    c->stale_ok = 1;
+    mu_view_each_group(c->view, try_stale, c);
+}
+
 /* A new group starts loading: from the static list, or from ZooKeeper. */
 static void load_group(mu_client *c, mu_group *g, const char *hosts)
 {
@@ -317,6 +343,8 @@ static void load_group(mu_client *c, mu_group *g, const char *hosts)
         mu_registry_watch(c->reg, g);
     else
         mu_view_nonode(c->view, g);
+    if (!hosts && c->stale_ok && c->reg && !mu_client_zk_connected(c))
+        try_stale(g, c);
 }
 
 /* Resolves "svc:method" (making and loading its group). NULL with
@@ -388,6 +416,11 @@ static mu_status make_modules(mu_client *c, const mu_config *cfg, mu_proto proto
     c->health = mu_health_new(&ho, &c->log);
     if (!c->notify || !c->view || !c->tp || !c->health)
         return MU_ENOMEM;
+    mu_view_set_empty_protection(c->view, !c->per_service &&
+                                              strcmp(mu_config_str(cfg, "empty_protection"), "on") == 0);
+    const char *snap = mu_config_str(cfg, "snapshot_file");
+    if (*snap && !(c->snap = mu_snapshot_new(c->base, snap, c->view, &c->log)))
+        return MU_ENOMEM;
     mu_calls_deps d = {
         .base = c->base, .tp = c->tp, .view = c->view, .health = c->health, .log = &c->log,
         .stats = &c->stats, .life = &c->life, .discovery_state = discovery_state, .user = c,
@@ -400,6 +433,12 @@ static mu_status make_modules(mu_client *c, const mu_config *cfg, mu_proto proto
                                           (int)mu_config_long(cfg, "zk_session_timeout_ms"),
                                           &c->log, &c->stats)))
         return MU_EDISCOVERY;
+    if (c->snap && c->reg) {
+        long ms = mu_config_long(cfg, "snapshot_stale_after_ms");
+        struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+        if (!(c->stale_ev = evtimer_new(c->base, on_stale, c)) || evtimer_add(c->stale_ev, &tv) != 0)
+            return MU_ENOMEM;
+    }
     return MU_OK;
 }
 
@@ -493,6 +532,10 @@ static void destroy(void *owner)
     /* Closing ZooKeeper runs its completions, which still use the view. */
     mu_registry_free(c->reg);
     c->reg = NULL;
+    if (c->stale_ev)
+        event_free(c->stale_ev);
+    mu_snapshot_free(c->snap); /* writes a pending change: the view is still whole */
+    c->snap = NULL;
     mu_calls_free(c->calls);
     mu_view_free(c->view);
     mu_health_free(c->health);
@@ -660,6 +703,7 @@ static mu_status visit_endpoints(mu_client *c, mu_group *g, mu_endpoints_fn fn, 
         info[i].failures = e->health.failures;
         info[i].down = !mu_health_up(e, now);
         info[i].ejections = e->health.ejections;
+        info[i].stale = g->stale;
         info[i].down_ms = info[i].down ? (long long)((e->health.down_until_us - now) / 1000) : 0;
         ptrs[i] = &info[i];
     }

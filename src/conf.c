@@ -86,6 +86,15 @@ static const key_spec keys[] = {
      "an attempt on a new connection unanswered this long, while 4 answers came over kept "
      "connections to the same provider, marks a provider that serves one connection per "
      "worker: connections to it are then used once"},
+    {"snapshot_file", "", K_STR, 0, 0, NULL,
+     "last-known-good view: written (atomically) when the view changes, and read at start; "
+     "empty: off"},
+    {"snapshot_stale_after_ms", "1000", K_INT, 0, 600000, NULL,
+     "when ZooKeeper has not been reached this long after the start, methods it has not listed "
+     "use snapshot_file's lists, marked stale, until it answers"},
+    {"empty_protection", "off", K_ENUM, 0, 0, "off|on",
+     "per-method layout: a method's provider list that becomes empty while other methods of "
+     "the same service still have providers is ignored; the last non-empty one is kept"},
     {"log_level", "warn", K_ENUM, 0, 0, "error|warn|info|debug", "default log sink level"},
 };
 

@@ -23,6 +23,7 @@ struct mu_view {
     mu_client_stats *stats;
     mu_view_changed_fn changed;
     void *user;
+    int empty_protection;
 };
 
 mu_view *mu_view_new(const char *url_path, const mu_logger *log, mu_client_stats *stats,
@@ -159,6 +160,41 @@ void mu_view_free(mu_view *v)
     free(v);
 }
 
+void mu_view_set_empty_protection(mu_view *v, int on)
+{
+    v->empty_protection = on;
+}
+
+void mu_view_each_group(mu_view *v, void (*fn)(mu_group *g, void *user), void *user)
+{
+    size_t i = 0;
+    const char *k;
+    void *val;
+    while (mu_map_next(&v->groups, &i, &k, &val))
+        fn(val, user);
+}
+
+/* Another method of g's service (per-method paths ROOT/SVC/METHOD/provider)
+ * has providers. O(groups): only when a list would become empty. */
+static int service_has_providers(mu_view *v, const mu_group *g)
+{
+    const char *end = strrchr(g->path, '/'); /* "/provider" */
+    size_t len = end ? (size_t)(end - g->path) : 0;
+    while (len > 0 && g->path[len - 1] != '/') /* back over METHOD */
+        len--;
+    if (len == 0)
+        return 0;
+    size_t i = 0;
+    const char *k;
+    void *val;
+    while (mu_map_next(&v->groups, &i, &k, &val)) {
+        const mu_group *o = val;
+        if (o != g && strncmp(o->path, g->path, len) == 0 && mu_pool_size(o->pool) > 0)
+            return 1;
+    }
+    return 0;
+}
+
 /* The endpoint set is the distinct endpoints of the children in latest. */
 static void apply(mu_view *v, mu_group *g, mu_group_state state)
 {
@@ -180,6 +216,15 @@ static void apply(mu_view *v, mu_group *g, mu_group_state state)
         eps[n++] = z->ep;
     }
     mu_map_clear(&seen);
+    if (n == 0 && state == MU_GROUP_READY && v->empty_protection && !g->is_static &&
+        mu_pool_size(g->pool) > 0 && service_has_providers(v, g)) {
+        mu_log(v->log, MU_LOG_WARN,
+               "%s: its provider list became empty while other methods of the service have "
+               "providers: keeping its %zu endpoint(s) (empty_protection)",
+               g->path, mu_pool_size(g->pool));
+        free(eps);
+        return;
+    }
     if (mu_pool_set(g->pool, eps, n) != 0) {
         mu_log(v->log, MU_LOG_ERROR, "%s: out of memory updating the endpoint set", g->path);
         free(eps);
@@ -205,6 +250,7 @@ static void apply(mu_view *v, mu_group *g, mu_group_state state)
     }
     mu_map_clear(&keep);
     g->state = state;
+    g->stale = 0;
     mu_log(v->log, MU_LOG_INFO, "%s: %zu endpoint(s) from %zu child(ren)", g->path, n, g->nlatest);
     if (v->changed)
         v->changed(g, v->user);
@@ -408,9 +454,9 @@ static int add_static(const char *item, size_t len, void *user)
     return 0;
 }
 
-int mu_view_set_static(mu_view *v, mu_group *g, const char *hosts)
+/* A static or stale list: znode-like entries named "host:port". */
+static int set_list(mu_view *v, mu_group *g, const char *hosts)
 {
-    g->is_static = 1;
     static_fill sf = {v, g, NULL, 0};
     int rc = mu_list_each(hosts, add_static, &sf);
     free_latest(g);
@@ -418,5 +464,25 @@ int mu_view_set_static(mu_view *v, mu_group *g, const char *hosts)
     g->nlatest = sf.n;
     g->have_latest = 1;
     apply(v, g, MU_GROUP_READY);
+    return rc;
+}
+
+int mu_view_set_static(mu_view *v, mu_group *g, const char *hosts)
+{
+    g->is_static = 1;
+    return set_list(v, g, hosts);
+}
+
+int mu_view_set_stale(mu_view *v, mu_group *g, const char *hosts)
+{
+    if (g->state != MU_GROUP_LOADING || g->have_latest)
+        return 0; /* ZooKeeper has answered: its list wins */
+    int rc = set_list(v, g, hosts);
+    g->have_latest = 0; /* the first real list is applied as usual */
+    g->stale = 1;
+    mu_log(v->log, MU_LOG_WARN, "%s: ZooKeeper not reached: using %zu endpoint(s) from "
+           "snapshot_file, marked stale, until it answers", g->path, mu_pool_size(g->pool));
+    if (v->changed)
+        v->changed(g, v->user);
     return rc;
 }

@@ -36,6 +36,7 @@ typedef struct mu_group {
     char *path;            /* registry path, or "static:SERVICE" */
     mu_group_state state;
     int is_static;
+    int stale;             /* its endpoints come from snapshot_file, not (yet) from ZooKeeper */
     mu_pool *pool;         /* the current endpoints */
     mu_map znodes;         /* child name -> struct znode (view.c) */
     char **latest;         /* the last child list, applied when fetching == 0 */
@@ -61,6 +62,19 @@ mu_group *mu_view_group(mu_view *v, const char *path, int create);
 
 /* Fills a static group from "host:port,host:port" (already validated). */
 int mu_view_set_static(mu_view *v, mu_group *g, const char *hosts);
+/* Fills a group that ZooKeeper has not listed yet from the snapshot's
+ * "host:port,..." (validated), marked stale; its first real list replaces
+ * it. */
+int mu_view_set_stale(mu_view *v, mu_group *g, const char *hosts);
+
+/* Empty-push protection (Dubbo's enable-empty-protection), per-method
+ * layout only: a method's list that becomes empty while another method of
+ * the same service still has providers is not applied; the last non-empty
+ * one is kept. */
+void mu_view_set_empty_protection(mu_view *v, int on);
+
+/* Calls fn for every group. */
+void mu_view_each_group(mu_view *v, void (*fn)(mu_group *g, void *user), void *user);
 
 /* --- driven by the registry --------------------------------------------- */
 

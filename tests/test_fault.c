@@ -9,6 +9,8 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include <unistd.h>
+
 #include "fixture.h"
 #include "load.h"
 
@@ -432,6 +434,145 @@ static void test_hedge_cancel_and_free(void **state)
     tb_provider_free(b);
 }
 
+/* ------------------------------------------------------------ last-known-good view */
+
+typedef struct stale_seen {
+    int n, stale;
+} stale_seen;
+
+static void count_stale(const mu_endpoint_info *const *eps, size_t n, void *user)
+{
+    stale_seen *s = user;
+    s->n = (int)n;
+    s->stale = 0;
+    for (size_t i = 0; i < n; i++)
+        s->stale += eps[i]->stale;
+}
+
+static int loaded(void *arg)
+{
+    mu_client *c = arg;
+    stale_seen s = {0, 0};
+    return mu_client_endpoints(c, "snap:echo", count_stale, &s) == MU_OK && s.n == 1;
+}
+
+/* The view is written to snapshot_file; a client started while ZooKeeper
+ * is down serves from it, marked stale, and ZooKeeper's list replaces it
+ * once ZooKeeper is back. */
+static void test_snapshot_stale_start(void **state)
+{
+    (void)state;
+    char file[64];
+    snprintf(file, sizeof file, "/tmp/mu-snapshot-%d", (int)getpid());
+    remove(file);
+    tb_provider *p = provider("snap", NULL);
+    assert_non_null(p);
+    mu_client *c = client(tu_config("snapshot_file", file, "preload", "snap:echo", NULL));
+    assert_true(tu_run_until(base, loaded, c, 5000));
+    tu_run_for(base, 300); /* the write is 200 ms after the change */
+    mu_client_free(c);
+    FILE *f = fopen(file, "r");
+    assert_non_null(f);
+    char text[4096] = "";
+    size_t got = fread(text, 1, sizeof text - 1, f);
+    text[got] = '\0';
+    fclose(f);
+    char ep[32];
+    snprintf(ep, sizeof ep, "127.0.0.1:%d", tb_provider_port(p));
+    assert_non_null(strstr(text, "/dubbo/snap/echo/provider "));
+    assert_non_null(strstr(text, ep));
+
+    assert_int_equal(tb_zk_stop(zk), 0);
+    c = client(tu_config("snapshot_file", file, "snapshot_stale_after_ms", "200", NULL));
+    tu_outcome o;
+    tu_call_sync(base, c, "snap:echo", "[1]", NULL, &o);
+    if (o.status != MU_OK)
+        fprintf(stderr, "  %s\n", o.detail);
+    assert_int_equal(o.status, MU_OK);
+    stale_seen s = {0, 0};
+    assert_int_equal(mu_client_endpoints(c, "snap:echo", count_stale, &s), MU_OK);
+    assert_int_equal(s.n, 1);
+    assert_int_equal(s.stale, 1);
+    assert_int_equal(tb_zk_restart(zk), 0);
+    for (int i = 0; i < 100 && s.stale; i++) {
+        tu_run_for(base, 100);
+        assert_int_equal(mu_client_endpoints(c, "snap:echo", count_stale, &s), MU_OK);
+    }
+    assert_int_equal(s.stale, 0); /* ZooKeeper's own list now */
+    assert_int_equal(s.n, 1);
+    mu_client_free(c);
+    tb_provider_free(p);
+    remove(file);
+}
+
+/* A bad snapshot file: bad lines are skipped with a warning naming the
+ * line; good ones are kept. */
+static void test_snapshot_bad_lines(void **state)
+{
+    (void)state;
+    char file[64];
+    snprintf(file, sizeof file, "/tmp/mu-snapshot-bad-%d", (int)getpid());
+    FILE *f = fopen(file, "w");
+    assert_non_null(f);
+    fputs("# libmicroutil snapshot 1\nnot a line\n/dubbo/x/y/provider 127.0.0.1\n"
+          "/dubbo/x/y/provider 127.0.0.1:1,127.0.0.1:2\n",
+          f);
+    fclose(f);
+    /* ZooKeeper unreachable (a closed port): the good line is used. */
+    mu_config *cfg = tu_config("snapshot_file", file, "snapshot_stale_after_ms", "100",
+                               "deadline_ms", "800", "log_level", "error", NULL);
+    assert_int_equal(mu_config_set(cfg, "zk_hosts", "127.0.0.1:1"), MU_OK);
+    mu_client *c = NULL;
+    assert_int_equal(mu_client_new(base, cfg, &c), MU_OK);
+    mu_config_free(cfg);
+    tu_outcome o;
+    tu_call_sync(base, c, "x:y", NULL, NULL, &o);
+    assert_int_equal(o.status, MU_ECONNECT);
+    assert_non_null(strstr(o.detail, "127.0.0.1:1"));
+    assert_non_null(strstr(o.detail, "127.0.0.1:2"));
+    mu_client_free(c);
+    remove(file);
+}
+
+/* empty_protection: a method's list that becomes empty while the service's
+ * other methods still have providers keeps its last endpoints. */
+static void empty_push(const char *protection, mu_status want)
+{
+    tb_provider *p = provider("ep", NULL);
+    assert_non_null(p);
+    mu_client *c = client(tu_config("empty_protection", protection, "preload",
+                                    "ep:echo,ep:whoami", NULL));
+    tu_outcome o;
+    tu_call_sync(base, c, "ep:echo", "[1]", NULL, &o);
+    assert_int_equal(o.status, MU_OK);
+    tb_zkc *z = tb_zkc_open(tb_zk_connstr(zk));
+    assert_non_null(z);
+    char **names = NULL;
+    int n = 0;
+    assert_int_equal(tb_zkc_children(z, "/dubbo/ep/echo/provider", &names, &n), 0);
+    for (int i = 0; i < n; i++) {
+        char path[512];
+        snprintf(path, sizeof path, "/dubbo/ep/echo/provider/%s", names[i]);
+        assert_int_equal(tb_zkc_delete(z, path), 0);
+    }
+    tb_strv_free(names, n);
+    tu_run_for(base, 500); /* the watch fires, the empty list arrives */
+    tu_call_sync(base, c, "ep:echo", "[1]", NULL, &o);
+    assert_int_equal(o.status, want);
+    tu_call_sync(base, c, "ep:whoami", NULL, NULL, &o);
+    assert_int_equal(o.status, MU_OK);
+    tb_zkc_close(z);
+    mu_client_free(c);
+    tb_provider_free(p);
+}
+
+static void test_empty_protection(void **state)
+{
+    (void)state;
+    empty_push("off", MU_ENOPROVIDER);
+    empty_push("on", MU_OK);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -446,6 +587,9 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_slow_start, setup, teardown),
         cmocka_unit_test_setup_teardown(test_hedging, setup, teardown),
         cmocka_unit_test_setup_teardown(test_hedge_cancel_and_free, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_snapshot_stale_start, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_snapshot_bad_lines, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_empty_protection, setup, teardown),
     };
     if (getenv("MU_TEST_FILTER"))
         cmocka_set_test_filter(getenv("MU_TEST_FILTER"));

@@ -334,6 +334,7 @@ typedef struct mu_endpoint_info {
     int down;               /**< 1 while it is ejected (outlier detection). */
     unsigned long long ejections; /**< Times it was ejected. */
     long long down_ms;      /**< While down: ms until it is tried again; else 0. */
+    int stale;              /**< 1: the list comes from snapshot_file, ZooKeeper not reached yet. */
 } mu_endpoint_info;
 
 /**
