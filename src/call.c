@@ -72,6 +72,7 @@ struct mu_call_handle {
     int max_attempts;    /* bound on sent */
     int nbackoff;        /* waits so far */
     int starting;        /* inside mu_calls_start: a full queue fails mu_call itself */
+    int retry_wait;      /* C_BACKOFF before a retry of a sent attempt (detail says why) */
     int overloaded;      /* so it did */
     int idempotent, timeout_ms;
     long attempt_timeout_ms; /* what the running attempt was given (may be cut by the deadline) */
@@ -133,6 +134,7 @@ static int unlink_from(call_t **head, call_t **tail, call_t *k);
 static void stop(call_t *k);
 static void recycle(call_t *k);
 static void arm_hedge(call_t *k);
+static void retry_after_backoff(call_t *k, const char *why);
 static void start_attempt(call_t *k);
 static int attempt_headers(call_t *k, int close);
 static void finish(call_t *k, mu_status st, const char *fmt, ...) MU_PRINTF(3, 4);
@@ -302,7 +304,7 @@ static call_t *call_get(mu_calls *m)
     k->ep = NULL;
     k->ntried = k->attempts = k->sent = k->nbackoff = 0;
     k->hedge = NULL;
-    k->is_hedge = k->silent = 0;
+    k->is_hedge = k->silent = k->retry_wait = 0;
     k->unsent_why[0] = k->unsent_eps[0] = '\0';
     k->http_status = 0;
     k->endpoint[0] = k->detail[0] = '\0';
@@ -755,7 +757,7 @@ static void fail_after_send(call_t *k, const mu_outcome *o, const char *why)
         m->d.stats->retries++;
         mu_log(m->d.log, MU_LOG_INFO, "%s: attempt %d: %s; retrying", k->t->g->path, k->attempts,
                why);
-        start_attempt(k);
+        retry_after_backoff(k, why);
         return;
     }
     int timeoutish = (st == MU_ETIMEDOUT || st == MU_ETRANSPORT) && !k->idempotent;
@@ -1055,6 +1057,35 @@ static void start_attempt(call_t *k)
  * never past its deadline, then begins a new round. Providers register
  * about 0.2 s before they listen (docs/protocol.md §6.1). Such attempts do
  * not use up retries; the deadline bounds them. */
+/* The n-th wait (from 0): connect_backoff_ms doubling up to
+ * connect_backoff_max_ms, half fixed and half random, so that calls that
+ * failed together spread out. */
+static uint64_t backoff_us(mu_calls *m, int n)
+{
+    unsigned shift = n < 16 ? (unsigned)n : 16;
+    uint64_t ms = (uint64_t)m->s.backoff_ms << shift;
+    if (ms > (uint64_t)m->s.backoff_max_ms)
+        ms = (uint64_t)m->s.backoff_max_ms;
+    return ms * 500u + mu_rand(&m->rng) % (ms * 500u + 1);
+}
+
+/* A retry after a sent attempt failed waits first, as the providers that
+ * failed it may be overloaded: the same backoff, by the number of sent
+ * attempts, at most half of what is left of the deadline. */
+static void retry_after_backoff(call_t *k, const char *why)
+{
+    mu_calls *m = k->m;
+    uint64_t now = mu_now_us(), us = backoff_us(m, k->sent - 1);
+    uint64_t left = k->deadline_us > now ? k->deadline_us - now : 0;
+    if (us > left / 2)
+        us = left / 2;
+    mu_fmt(k->detail, sizeof k->detail, "%s", why);
+    k->state = C_BACKOFF;
+    k->retry_wait = 1;
+    struct timeval tv = {(time_t)(us / 1000000u), (suseconds_t)(us % 1000000u)};
+    evtimer_add(k->wake, &tv);
+}
+
 static void retry_unsent(call_t *k, const char *why)
 {
     mu_calls *m = k->m;
@@ -1071,14 +1102,9 @@ static void retry_unsent(call_t *k, const char *why)
         start_attempt_on(k, e, now);
         return;
     }
-    unsigned shift = k->nbackoff < 16 ? (unsigned)k->nbackoff : 16;
-    uint64_t ms = (uint64_t)m->s.backoff_ms << shift;
-    if (ms > (uint64_t)m->s.backoff_max_ms)
-        ms = (uint64_t)m->s.backoff_max_ms;
-    /* Half fixed, half random: calls that failed together spread out. */
-    uint64_t us = ms * 500u + mu_rand(&m->rng) % (ms * 500u + 1);
-    k->nbackoff++;
+    uint64_t us = backoff_us(m, k->nbackoff++);
     k->state = C_BACKOFF;
+    k->retry_wait = 0;
     mu_log(m->d.log, MU_LOG_DEBUG, "%s: %s; no usable provider, waiting %llu us", k->t->g->path,
            why, (unsigned long long)us);
     if (now + us >= k->deadline_us)
@@ -1106,7 +1132,9 @@ static void on_wake(evutil_socket_t fd, short what, void *arg)
         return;
     }
     k->state = C_RUNNING;
-    k->ntried = 0; /* a new round: every provider may be tried again */
+    if (!k->retry_wait)
+        k->ntried = 0; /* a new round: every provider may be tried again */
+    k->retry_wait = 0;
     start_attempt(k);
 }
 
@@ -1156,6 +1184,12 @@ static void on_deadline(evutil_socket_t fd, short what, void *arg)
                k->attempts, ep);
         break;
     case C_BACKOFF:
+        if (k->retry_wait) { /* waiting to retry a sent attempt */
+            char last[sizeof k->detail];
+            memcpy(last, k->detail, sizeof last);
+            finish(k, MU_ETIMEDOUT, "%s; deadline of %d ms reached before the retry", last, ms);
+            break;
+        }
         memcpy(why, k->unsent_why, sizeof why);
         finish_unaccepted(k, ms, why);
         break;

@@ -573,6 +573,38 @@ static void test_empty_protection(void **state)
     empty_push("on", MU_OK);
 }
 
+/* ------------------------------------------------------------ retry backoff */
+
+/* Retries of sent attempts wait a jittered, doubling backoff
+ * (connect_backoff_ms), bounded by the deadline. */
+static void test_retry_backoff(void **state)
+{
+    (void)state;
+    tb_provider *a = provider("rb", "--garbage", NULL), *b = provider("rb", "--garbage", NULL);
+    assert_non_null(a);
+    assert_non_null(b);
+    mu_client *c = client(tu_config("connect_backoff_ms", "100", "connect_backoff_max_ms", "1000",
+                                    "max_ejected_percent", "0", NULL));
+    mu_call_opts o = MU_CALL_OPTS_INIT;
+    o.idempotent = 1;
+    tu_outcome r;
+    tu_call_sync(base, c, "rb:echo", "[1]", &o, &r);
+    fprintf(stderr, "  3 attempts in %llu ms: %s\n", r.latency_us / 1000, r.detail);
+    assert_int_equal(r.status, MU_EPROTOCOL);
+    assert_int_equal(r.attempts, 3);
+    assert_true(r.latency_us >= 150000); /* 50-100 ms, then 100-200 ms */
+    /* A short deadline: the waits shrink to fit; the call ends in time. */
+    o.deadline_ms = 120;
+    tu_call_sync(base, c, "rb:echo", "[1]", &o, &r);
+    fprintf(stderr, "  deadline 120 ms: %d attempts in %llu ms: %s\n", r.attempts,
+            r.latency_us / 1000, r.detail);
+    assert_true(r.latency_us < 400000);
+    assert_true(r.attempts >= 2);
+    mu_client_free(c);
+    tb_provider_free(a);
+    tb_provider_free(b);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -583,6 +615,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_consecutive_failures, setup, teardown),
         cmocka_unit_test_setup_teardown(test_max_ejected, setup, teardown),
         cmocka_unit_test_setup_teardown(test_retry_budget, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_retry_backoff, setup, teardown),
         cmocka_unit_test_setup_teardown(test_rules_per_service, setup, teardown),
         cmocka_unit_test_setup_teardown(test_slow_start, setup, teardown),
         cmocka_unit_test_setup_teardown(test_hedging, setup, teardown),
