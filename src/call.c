@@ -134,6 +134,7 @@ static int unlink_from(call_t **head, call_t **tail, call_t *k);
 static void stop(call_t *k);
 static void recycle(call_t *k);
 static void arm_hedge(call_t *k);
+static void watch(mu_calls *m, mu_endpoint *e);
 static void retry_after_backoff(call_t *k, const char *why);
 static void start_attempt(call_t *k);
 static int attempt_headers(call_t *k, int close);
@@ -436,6 +437,7 @@ static int launch(call_t *k)
     dl_append(&e->lane.run_head, &e->lane.run_tail, k);
     if (e->lane.run_head == k)
         mu_health_inflight(k->m->d.health, e, now);
+    watch(k->m, e); /* in-flight age: arms e's oldest attempt's timer unless it is armed */
     return 0;
 }
 
@@ -498,8 +500,10 @@ static void stop(call_t *k)
         mu_xfer_cancel(k->x);
         run_remove(k);
         e->lane.active--;
-        if (k->m->d.life->state == MU_LIFE_LIVE) /* no new work while freed */
-            pump(e);                             /* before end_attempt, which may free e */
+        if (k->m->d.life->state == MU_LIFE_LIVE) { /* no new work while freed */
+            pump(e);                               /* before end_attempt, which may free e */
+            watch(k->m, e);                        /* the next oldest, if k was */
+        }
         end_attempt(k);
     }
 }
@@ -582,6 +586,11 @@ static void deliver(call_t *k)
     }
     r.endpoint = k->endpoint[0] ? k->endpoint : NULL;
     r.attempts = k->attempts + (k->hedge ? k->hedge->attempts : 0);
+    if (k->hedge) { /* no partner may be reached from inside the callback */
+        call_t *o = k->hedge;
+        unpair(k);
+        discard(o);
+    }
     r.http_status = k->http_status;
     r.latency_us = mu_now_us() - k->start_us;
     r.detail = k->status == MU_OK ? "" : k->detail;
@@ -666,9 +675,9 @@ static int budget_take(mu_calls *m)
 {
     uint64_t now = mu_now_us();
     uint64_t floor = (now - m->budget_at_us) * (uint64_t)m->s.budget_min_per_s / 10000u;
-    if (floor) { /* in hundredths: us x per_s x 100 / 1e6 */
+    if (floor) { /* in hundredths: us x per_s x 100 / 1e6; the remainder carries over */
         m->budget += (int64_t)floor;
-        m->budget_at_us = now;
+        m->budget_at_us += floor * 10000u / (uint64_t)m->s.budget_min_per_s;
     }
     if (m->budget > budget_cap(m))
         m->budget = budget_cap(m);
@@ -786,23 +795,30 @@ static void inflight_of(const call_t *o, uint64_t now, mu_inflight *out)
  * wait until the next attempt passes that age (0: none in flight). */
 static uint64_t check_silent(mu_calls *m, mu_endpoint *e, uint64_t now, int *verdict)
 {
-    uint64_t after = mu_health_silent_after(m->d.health, e);
-    for (call_t *o = e->lane.run_head; o; o = o->qnext) {
-        if (o->launch_us + after > now)
-            return o->launch_us + after - now;
-        if (verdict && !(*verdict & MU_HEALTH_EJECTED))
+    uint64_t next = 0;
+    for (call_t *o = e->lane.run_head; o; o = o->qnext) { /* at most max_per_host */
+        uint64_t after = mu_health_silent_after(o->t->usual_us);
+        if (!after)
+            continue; /* no answer to this method yet: nothing to compare with */
+        if (o->launch_us + after > now) {
+            uint64_t wait = o->launch_us + after - now;
+            if (!next || wait < next)
+                next = wait;
+        } else if (verdict && !(*verdict & MU_HEALTH_EJECTED)) {
             *verdict |= mu_health_silent(m->d.health, e, &o->t->o->eject, o->launch_us, now);
+        }
     }
-    return 0;
+    return next;
 }
 
 /* Arms e's oldest attempt's timer for the next look at e: a keep-alive
  * stall (health asks for it) or in-flight age. */
-static void watch(mu_calls *m, mu_endpoint *e, uint64_t now)
+static void watch(mu_calls *m, mu_endpoint *e)
 {
     call_t *o = e->lane.run_head;
     if (!o || o->stall_armed)
         return;
+    uint64_t now = mu_now_us();
     mu_inflight in;
     inflight_of(o, now, &in);
     uint64_t us = mu_health_stall_wait(m->d.health, e, &in);
@@ -819,13 +835,13 @@ static void watch(mu_calls *m, mu_endpoint *e, uint64_t now)
 /* Acts on health's verdicts about e, then watches it. kept: the attempt
  * that ended left a connection to e open (it began before e lost
  * keep-alive). An ejected endpoint's queue moves elsewhere. */
-static void heed(mu_calls *m, mu_endpoint *e, int verdict, int kept, uint64_t now)
+static void heed(mu_calls *m, mu_endpoint *e, int verdict, int kept)
 {
     if ((verdict & MU_HEALTH_ONE_PER_CALL) || (kept && !mu_health_keepalive(e)))
         mu_transport_close_idle(m->d.tp, e->url);
     if (verdict & MU_HEALTH_EJECTED)
         reroute_queue(e);
-    watch(m, e, now);
+    watch(m, e);
 }
 
 /* Tells health how the attempt went, with the oldest attempt still in
@@ -886,10 +902,12 @@ static void on_xfer_done(mu_xfer *x, const mu_xfer_result *res, void *user)
     /* Queued attempts hold e->pending, so e outlives this. An ejected
      * endpoint's queue moves elsewhere first (heed); else the next queued
      * attempt takes the free connection. */
-    heed(k->m, e, report(k, e, res, &o, now), res->kept, now);
+    heed(k->m, e, report(k, e, res, &o, now), res->kept);
     e->lane.active--;
     pump(e);
     if (o.status == MU_OK) {
+        uint64_t lat = now - k->launch_us, *u = &k->t->usual_us;
+        *u = *u ? *u - *u / 16 + lat / 16 : (lat ? lat : 1);
         terminate_result(k);
         end_attempt(k);
         finish(k, k->status, NULL);
@@ -1128,7 +1146,7 @@ static void on_wake(evutil_socket_t fd, short what, void *arg)
         inflight_of(k, now, &in);
         int verdict = mu_health_stalled(k->m->d.health, e, &in);
         check_silent(k->m, e, now, &verdict);
-        heed(k->m, e, verdict, 0, now);
+        heed(k->m, e, verdict, 0);
         return;
     }
     k->state = C_RUNNING;
@@ -1229,7 +1247,7 @@ static void on_hedge(evutil_socket_t fd, short what, void *arg)
     call_t *k = arg;
     mu_calls *m = k->m;
     if ((k->state != C_RUNNING && k->state != C_QUEUED) || !k->ep || k->hedge ||
-        mu_pool_size(k->t->g->pool) < 2)
+        mu_pool_size(k->t->g->pool) < 2 || m->nlive >= (size_t)m->s.max_calls)
         return;
     if (!budget_take(m)) {
         m->d.stats->retries_denied++;

@@ -54,6 +54,8 @@ typedef struct mu_target {
     int idempotent;
     const mu_svc_opts *o;
     size_t split; /* offset of ':' */
+    uint64_t usual_us; /* call.c's: moving average of the method's successful attempts
+                        * (1/16 a sample), for in-flight age; 0: none yet */
 } mu_target;
 
 /* The settings calls need, copied at creation. */

@@ -59,6 +59,7 @@ void mu_health_started(mu_health *h, mu_endpoint *e)
 #define RATE_MIN_CALLS 20u
 #define RATE_GAP_PCT 30u
 #define RATE_CHECK_US 1000000u
+#define REFUSED_RETRY_US 1000000u
 
 static int eject(mu_health *h, mu_endpoint *e, const mu_eject_rules *ru, uint64_t now,
                  const char *why)
@@ -66,9 +67,12 @@ static int eject(mu_health *h, mu_endpoint *e, const mu_eject_rules *ru, uint64_
     mu_health_ep *s = &e->health;
     if (s->down_until_us > now)
         return 0; /* already out */
+    if (s->refused_us && now < s->refused_us + REFUSED_RETRY_US)
+        return 0; /* refused a moment ago: not a pool scan and a log line per failure */
     mu_peers pe;
     mu_endpoint_peers(e, now, ru->max_ejected_pct, &pe);
     if (pe.over_cap) {
+        s->refused_us = now;
         mu_log(h->log, MU_LOG_INFO,
                "%s: not ejected (%s): %d%% of its pool would be down, over max_ejected_percent "
                "(%d%%); every endpoint stays in use",
@@ -115,7 +119,10 @@ static void answered(mu_health *h, mu_endpoint *e, const mu_eject_rules *ru, uin
                s->eject_level);
     }
     /* Up for as long as it was last out: the next ejection starts short. */
-    uint64_t last = (uint64_t)ru->eject_ms * s->eject_level * 1000u;
+    uint64_t last = (uint64_t)ru->eject_ms * s->eject_level;
+    if (last > (uint64_t)ru->eject_max_ms)
+        last = (uint64_t)ru->eject_max_ms;
+    last *= 1000u;
     if (s->eject_level && now >= s->down_until_us + last)
         s->eject_level = 0;
 }
@@ -335,10 +342,11 @@ int mu_health_ended(mu_health *h, mu_endpoint *e, const mu_attempt_report *r)
 #define SILENT_FACTOR 8u
 #define SILENT_MIN_US 100000u
 
-uint64_t mu_health_silent_after(const mu_health *h, const mu_endpoint *e)
+uint64_t mu_health_silent_after(uint64_t usual_us)
 {
-    uint64_t usual = e->health.ewma_us ? e->health.ewma_us : h->ok_us;
-    uint64_t us = usual * SILENT_FACTOR;
+    if (!usual_us)
+        return 0;
+    uint64_t us = usual_us * SILENT_FACTOR;
     return us > SILENT_MIN_US ? us : SILENT_MIN_US;
 }
 
@@ -350,9 +358,8 @@ int mu_health_silent(mu_health *h, mu_endpoint *e, const mu_eject_rules *ru, uin
         return 0; /* it answers (that call is just slow), or counted already */
     s->silent_upto_us = launch_us;
     char what[96];
-    mu_fmt(what, sizeof what, "unanswered for %llu ms (usual latency %llu us)",
-           (unsigned long long)((now_us - launch_us) / 1000),
-           (unsigned long long)(s->ewma_us ? s->ewma_us : h->ok_us));
+    mu_fmt(what, sizeof what, "an attempt unanswered for %llu ms, 8 times its method's usual",
+           (unsigned long long)((now_us - launch_us) / 1000));
     return strike(h, e, ru, now_us, what);
 }
 

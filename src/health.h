@@ -45,6 +45,7 @@ typedef struct mu_health_ep {
     uint64_t win_calls, win_errors; /* recent attempts and errors, halved every 10 s */
     uint64_t win_at_us;     /* when they were last halved */
     uint64_t rate_check_us; /* when its error rate was last compared with its peers' */
+    uint64_t refused_us;    /* when an ejection of it was last refused (max_ejected_percent) */
     uint64_t reuse_ok;      /* answers that came over a kept connection */
     int no_reuse;           /* it does not keep connections usable: one per call */
     int quickack;           /* it holds answers' bodies back until our ACK */
@@ -112,10 +113,12 @@ uint64_t mu_health_stall_wait(const mu_health *h, const struct mu_endpoint *e,
 /* That time has passed with the oldest attempt still unanswered. */
 int mu_health_stalled(mu_health *h, struct mu_endpoint *e, const mu_inflight *oldest);
 
-/* In-flight age: how long an attempt on e may go unanswered before it
- * counts as a failure of e's, though its timeout has not fired: 8 times
- * e's usual latency (or the client's, for a new endpoint), at least 100 ms. */
-uint64_t mu_health_silent_after(const mu_health *h, const struct mu_endpoint *e);
+/* In-flight age: how long an attempt may go unanswered before it counts as
+ * a failure of its endpoint's, though its timeout has not fired: 8 times
+ * its method's usual latency (usual_us, measured over every endpoint: a
+ * slow method is not judged by a fast one's latency), at least 100 ms.
+ * 0 (never) while the method has had no answer. */
+uint64_t mu_health_silent_after(uint64_t usual_us);
 /* The attempt on e launched at launch_us has gone unanswered past
  * mu_health_silent_after(). Told oldest first; each attempt counts once,
  * and only if no answer has come from e since it began. */

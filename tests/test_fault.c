@@ -605,6 +605,203 @@ static void test_retry_backoff(void **state)
     tb_provider_free(b);
 }
 
+/* ------------------------------------------------------------ review findings
+ * From a hostile review of the fault-tolerance change (each failed before
+ * its fix): a hedged call's callback that cancels its own id or frees the
+ * client; a racing pair cancelled by id whose callback frees the client; a
+ * provider that never answers found by in-flight age while load goes on;
+ * a healthy provider's slow method not taken for silence. */
+typedef struct rcall {
+    mu_client *c;
+    mu_call_id id;
+    int fired;
+    int mode; /* 1: cancel own id in callback; 2: free client in callback */
+    int cancel_rc;
+    int attempts;
+    mu_client **freed;
+} rcall;
+
+static void r_cb(const mu_result *r, void *user)
+{
+    rcall *k = user;
+    k->fired++;
+        if (k->fired > 1)
+        return;
+    k->attempts = r->attempts;
+    if (r->attempts < 2)
+        return; /* only the hedged call */
+    if (k->mode == 1)
+        k->cancel_rc = mu_call_cancel(k->c, k->id);
+    else if (k->mode == 2 && *k->freed) {
+        mu_client *c = *k->freed;
+        *k->freed = NULL;
+        mu_client_free(c);
+    }
+}
+
+static int all_fired(void *arg)
+{
+    rcall *k = arg;
+    return k[0].fired && k[1].fired;
+}
+
+/* A hedge wins; its callback cancels the call's own id. */
+static void hedge_winner(int mode)
+{
+    tb_provider *fast = provider("rv", NULL), *slow = provider("rv", "--delay-ms", "800", NULL);
+    assert_non_null(fast);
+    assert_non_null(slow);
+    mu_client *c = client(tu_config("policy", "round-robin", "hedge_ms", "30",
+                                    "retry_budget_percent", "1000", "preload", "rv:echo", NULL));
+    tu_run_for(base, 300);
+    rcall k[2];
+    memset(k, 0, sizeof k);
+    mu_client *holder = c;
+    mu_call_opts o = MU_CALL_OPTS_INIT;
+    o.idempotent = 1;
+    for (int i = 0; i < 2; i++) {
+        k[i].c = c;
+        k[i].mode = mode;
+        k[i].freed = &holder;
+        assert_int_equal(mu_call(c, "rv:echo", "[1]", NULL, &o, r_cb, &k[i], &k[i].id), MU_OK);
+    }
+    tu_run_until(base, all_fired, k, 3000);
+    tu_run_for(base, 100);
+    fprintf(stderr, "  hedges=%llu fired: %d %d; cancel from own callback returned %d/%d\n",
+            holder ? hedges(holder) : 0ULL, k[0].fired, k[1].fired, k[0].cancel_rc,
+            k[1].cancel_rc);
+    if (holder)
+        mu_client_free(holder);
+    tb_provider_free(fast);
+    tb_provider_free(slow);
+    assert_int_equal(k[0].fired, 1);
+    assert_int_equal(k[1].fired, 1);
+}
+
+static void test_hedge_cancel_own_id(void **state)
+{
+    (void)state;
+    hedge_winner(1);
+}
+
+static void test_hedge_free_in_callback(void **state)
+{
+    (void)state;
+    hedge_winner(2);
+}
+
+/* A racing hedged pair is cancelled by id; the cancel callback frees the
+ * client: the hedge is still live during the callback. */
+static void race_cb(const mu_result *r, void *user)
+{
+    rcall *k = user;
+    k->fired++;
+    (void)r;
+    if (k->fired == 1 && k->mode == 2 && *k->freed) {
+        mu_client *c = *k->freed;
+        *k->freed = NULL;
+        mu_client_free(c);
+    }
+}
+
+static void test_cancel_racing_pair_then_free(void **state)
+{
+    (void)state;
+    tb_provider *a = provider("rw", "--delay-ms", "800", NULL),
+                *b = provider("rw", "--delay-ms", "800", NULL);
+    assert_non_null(a);
+    assert_non_null(b);
+    mu_client *c = client(tu_config("hedge_ms", "20", "retry_budget_percent", "1000", "preload",
+                                    "rw:echo", NULL));
+    tu_run_for(base, 300);
+    rcall k;
+    memset(&k, 0, sizeof k);
+    mu_client *holder = c;
+    k.c = c;
+    k.mode = 2;
+    k.freed = &holder;
+    mu_call_opts o = MU_CALL_OPTS_INIT;
+    o.idempotent = 1;
+    assert_int_equal(mu_call(c, "rw:echo", "[1]", NULL, &o, race_cb, &k, &k.id), MU_OK);
+    tu_run_for(base, 100);
+    fprintf(stderr, "  hedges=%llu\n", hedges(c));
+    assert_int_equal(mu_call_cancel(c, k.id), 1);
+    if (holder)
+        mu_client_free(holder);
+    tb_provider_free(a);
+    tb_provider_free(b);
+    assert_int_equal(k.fired, 1);
+}
+
+/* A provider that accepts and never answers, next to a good one. Design:
+ * attempts unanswered 8x past the usual latency (>= 100 ms) count as
+ * failures before their timeout. Load goes on for 1.5 s with timeout 4 s. */
+static int n_done;
+static void cnt_cb(const mu_result *r, void *user)
+{
+    (void)r;
+    (void)user;
+    n_done++;
+}
+
+static void test_blackhole_not_watched(void **state)
+{
+    (void)state;
+    tb_provider *good = provider("bh", NULL), *bad = provider("bh", "--hang", NULL);
+    assert_non_null(good);
+    assert_non_null(bad);
+    mu_client *c = client(tu_config("policy", "round-robin", "timeout_ms", "4000",
+                                    "deadline_ms", "6000", "preload", "bh:echo", NULL));
+    tu_run_for(base, 300);
+    n_done = 0;
+    mu_call_opts o = MU_CALL_OPTS_INIT;
+    for (int i = 0; i < 300; i++) {
+        assert_int_equal(mu_call(c, "bh:echo", "[1]", NULL, &o, cnt_cb, NULL, NULL), MU_OK);
+        tu_run_for(base, 5);
+    }
+    unsigned long long ej = ejections(c);
+    fprintf(stderr, "  after 1.5 s of load (timeout 4 s): %llu ejections, %d calls ended\n", ej,
+            n_done);
+    mu_client_free(c);
+    tb_provider_free(good);
+    tb_provider_free(bad);
+    assert_true(ej >= 1);
+}
+
+/* A healthy provider with a fast and a slow method: a burst of slow calls
+ * with no other answer in between counts as 'silent' and ejects it. */
+static void test_slow_method_false_ejection(void **state)
+{
+    (void)state;
+    tb_provider *p = provider("sm", NULL), *q = provider("sm", NULL);
+    assert_non_null(p);
+    assert_non_null(q);
+    mu_client *c = client(tu_config("policy", "round-robin", "timeout_ms", "5000", "preload",
+                                    "sm:echo,sm:slow", NULL));
+    tu_run_for(base, 300);
+    n_done = 0;
+    mu_call_opts o = MU_CALL_OPTS_INIT;
+    /* Prime: a slow call and fast calls in flight together, so that an
+     * answer arms the watch while the slow one is in flight. */
+    for (int i = 0; i < 2; i++)
+        assert_int_equal(mu_call(c, "sm:slow", "[1500]", NULL, &o, cnt_cb, NULL, NULL), MU_OK);
+    for (int i = 0; i < 2; i++)
+        assert_int_equal(mu_call(c, "sm:echo", "[1]", NULL, &o, cnt_cb, NULL, NULL), MU_OK);
+    tu_run_for(base, 30);
+    /* The batch job: 20 slow calls, 750 ms each; the provider is healthy. */
+    for (int i = 0; i < 20; i++)
+        assert_int_equal(mu_call(c, "sm:slow", "[750]", NULL, &o, cnt_cb, NULL, NULL), MU_OK);
+    tu_run_for(base, 600);
+    unsigned long long ej = ejections(c);
+    fprintf(stderr, "  healthy providers, slow method: %llu ejections within 600 ms\n", ej);
+    tu_run_for(base, 2000);
+    mu_client_free(c);
+    tb_provider_free(p);
+    tb_provider_free(q);
+    assert_int_equal(ej, 0);
+}
+
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -623,6 +820,11 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_snapshot_stale_start, setup, teardown),
         cmocka_unit_test_setup_teardown(test_snapshot_bad_lines, setup, teardown),
         cmocka_unit_test_setup_teardown(test_empty_protection, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_hedge_cancel_own_id, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_hedge_free_in_callback, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cancel_racing_pair_then_free, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_blackhole_not_watched, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_slow_method_false_ejection, setup, teardown),
     };
     if (getenv("MU_TEST_FILTER"))
         cmocka_set_test_filter(getenv("MU_TEST_FILTER"));
