@@ -380,10 +380,11 @@ static void test_idempotent_only_retries_timeouts(void **state)
     assert_non_null(ok);
     char hang_ep[32];
     snprintf(hang_ep, sizeof hang_ep, "127.0.0.1:%d", tb_provider_port(h));
-    /* Round-robin keeps sending calls to the hanging provider (ewma would
-     * soon avoid it): this is about retries, not balancing. */
+    /* Round-robin and no ejection keep sending calls to the hanging
+     * provider (ewma, or in-flight age, would soon avoid it): this is
+     * about retries, not balancing. */
     mu_client *c = client(tu_config("timeout_ms", "300", "idempotent", "idem:whoami", "policy",
-                                    "round-robin", NULL));
+                                    "round-robin", "max_ejected_percent", "0", NULL));
     tu_outcome o;
     int non_idem_timeouts = 0, idem_retried = 0;
     for (int i = 0; i < 6; i++) {
