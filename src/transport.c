@@ -544,6 +544,14 @@ mu_xfer *mu_xfer_new(mu_transport *t)
     if (!rc) rc = curl_easy_setopt(e, CURLOPT_PROTOCOLS, (long)CURLPROTO_HTTP);
     if (!rc) rc = curl_easy_setopt(e, CURLOPT_REDIR_PROTOCOLS, (long)CURLPROTO_HTTP);
 #endif
+#if LIBCURL_VERSION_NUM >= 0x075700 /* 7.87.0 */
+    /* A transfer abandoned while its host name is being resolved (a
+     * timeout, a cancel, the client freed) would otherwise join the
+     * resolver thread: the loop blocked for the resolver's timeout
+     * (measured: 3 s with a resolver that never answers). The thread is
+     * left to finish alone instead; what it holds is freed when it ends. */
+    if (!rc) rc = curl_easy_setopt(e, CURLOPT_QUICK_EXIT, 1L);
+#endif
     if (!rc) rc = curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L);
     if (!rc) rc = curl_easy_setopt(e, CURLOPT_FORBID_REUSE, 0L);
     if (!rc) rc = curl_easy_setopt(e, CURLOPT_FRESH_CONNECT, 0L);
