@@ -348,6 +348,23 @@ static void test_hostile_bodies(void **state)
     assert_non_null(strstr(r.detail, "Unauthorized"));
 }
 
+/* yajl skips \v and \f as blanks too. Around the ':' after "result" they
+ * ended up in the result slice, which then was not JSON ("\f:\f1"). Found
+ * by tests/fuzz/fuzz_decode's "result is one JSON value" invariant
+ * (tests/fuzz/corpus/decode/result_formfeed). */
+static void test_result_after_any_blank(void **state)
+{
+    (void)state;
+    mu_reply r;
+    assert_int_equal(DECODE("0\x80\x04\x8c\x12{\"result\"\f\v:\v\f[1]}\x94.", 200, NULL, &r), MU_OK);
+    assert_int_equal(r.result_len, 3);
+    assert_memory_equal(r.result, "[1]", 3);
+    assert_int_equal(DECODE("0\x80\x04\x8c\x13{\"result\" \t\r\n:\f\"x\"}\x94.", 200, NULL, &r),
+                     MU_OK);
+    assert_int_equal(r.result_len, 3);
+    assert_memory_equal(r.result, "\"x\"", 3);
+}
+
 static void test_encode_matches_captures(void **state)
 {
     (void)state;
@@ -429,6 +446,7 @@ int main(void)
         cmocka_unit_test(test_truncation_every_offset),
         cmocka_unit_test_teardown(test_hostile_pickles, release_decoder),
         cmocka_unit_test_teardown(test_hostile_bodies, release_decoder),
+        cmocka_unit_test_teardown(test_result_after_any_blank, release_decoder),
         cmocka_unit_test(test_encode_matches_captures),
         cmocka_unit_test(test_json_check),
         cmocka_unit_test(test_auth_token),
