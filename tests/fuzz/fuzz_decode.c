@@ -18,11 +18,14 @@
  * error carries a name and a message (possibly empty: the provider's); success only for HTTP 200, with a
  * result that is exactly one JSON value; pointers into the body or the
  * decoder; the same answer on a second decode with the same decoder, with
- * a fresh decoder without cache, and without the request_id check. */
+ * a fresh decoder without cache, and without the request_id check; and
+ * the remote error's name, message and code, or the result, are what
+ * yajl_tree reads in the same document (the last of duplicate keys). */
 #include "fuzz.h"
 
 #include <lz4.h>
 #include <yajl/yajl_parse.h>
+#include <yajl/yajl_tree.h>
 
 #include "codec.h"
 
@@ -69,6 +72,104 @@ static int one_json_value(const char *text, size_t len)
     return st == yajl_status_ok;
 }
 
+/* The member named key of object o, or NULL; *dup set if there are
+ * several (what a decoder keeps of duplicate keys is its own choice: the
+ * checks below then leave that member alone). */
+static yajl_val member(yajl_val o, const char *key, int *dup)
+{
+    yajl_val v = NULL;
+    if (!YAJL_IS_OBJECT(o))
+        return NULL;
+    for (size_t i = 0; i < YAJL_GET_OBJECT(o)->len; i++)
+        if (strcmp(YAJL_GET_OBJECT(o)->keys[i], key) == 0) {
+            if (v)
+                *dup = 1;
+            v = YAJL_GET_OBJECT(o)->values[i];
+        }
+    return v;
+}
+
+static int same_value(yajl_val a, yajl_val b)
+{
+    if (!a || !b)
+        return a == b;
+    if (a->type != b->type)
+        return 0;
+    switch (a->type) {
+    case yajl_t_string:
+        return strcmp(YAJL_GET_STRING(a), YAJL_GET_STRING(b)) == 0;
+    case yajl_t_number:
+        return strcmp(YAJL_GET_NUMBER(a), YAJL_GET_NUMBER(b)) == 0;
+    case yajl_t_object:
+        if (a->u.object.len != b->u.object.len)
+            return 0;
+        for (size_t i = 0; i < a->u.object.len; i++)
+            if (strcmp(a->u.object.keys[i], b->u.object.keys[i]) != 0 ||
+                !same_value(a->u.object.values[i], b->u.object.values[i]))
+                return 0;
+        return 1;
+    case yajl_t_array:
+        if (a->u.array.len != b->u.array.len)
+            return 0;
+        for (size_t i = 0; i < a->u.array.len; i++)
+            if (!same_value(a->u.array.values[i], b->u.array.values[i]))
+                return 0;
+        return 1;
+    default:
+        return 1;
+    }
+}
+
+static yajl_val tree_of(const char *text, size_t len)
+{
+    char *s = fuzz_cstr((const uint8_t *)text, len);
+    yajl_val v = yajl_tree_parse(s, NULL, 0);
+    free(s);
+    return v;
+}
+
+/* The reference: the decoded document as a yajl tree. A remote error's
+ * name, message and code, and a result, must be what the tree holds. */
+static void check_against_tree(const mu_reply *r)
+{
+    if (!r->doc || (r->status != MU_OK && r->status != MU_EREMOTE) ||
+        memchr(r->doc, '\0', r->doc_len))
+        return;
+    yajl_val doc = tree_of(r->doc, r->doc_len);
+    FUZZ_CHECK(doc && YAJL_IS_OBJECT(doc), "decoded a document yajl_tree cannot read");
+    int dup = 0;
+    if (r->status == MU_EREMOTE) {
+        yajl_val err = member(doc, "error", &dup);
+        FUZZ_CHECK(dup || (err && !YAJL_IS_NULL(err)), "remote error with a null error member");
+        int dn = 0, dm = 0, dc = 0;
+        yajl_val name = member(err, "name", &dn), msg = member(err, "message", &dm);
+        yajl_val code = member(err, "code", &dc);
+        const char *want_name = YAJL_IS_STRING(name) ? YAJL_GET_STRING(name) : "UnknownError";
+        const char *want_msg = YAJL_IS_STRING(msg) ? YAJL_GET_STRING(msg) : "";
+        if (!dup && !dn)
+            FUZZ_CHECK(strcmp(r->err_name, want_name) == 0, "error name '%s', the JSON says '%s'",
+                       r->err_name, want_name);
+        if (!dup && !dm)
+            FUZZ_CHECK(strcmp(r->err_message, want_msg) == 0,
+                       "error message '%s', the JSON says '%s'", r->err_message, want_msg);
+        if (!dup && !dc && YAJL_IS_INTEGER(code))
+            FUZZ_CHECK(r->err_code == YAJL_GET_INTEGER(code), "error code %lld, the JSON says %lld",
+                       r->err_code, (long long)YAJL_GET_INTEGER(code));
+        else if (!dup && !code)
+            FUZZ_CHECK(r->err_code == 0, "error code %lld without a code member", r->err_code);
+    } else {
+        yajl_val want = member(doc, "result", &dup);
+        yajl_val got = tree_of(r->result, r->result_len);
+        FUZZ_CHECK(got, "the result does not parse");
+        if (!dup)
+            FUZZ_CHECK(want ? same_value(got, want) : YAJL_IS_NULL(got),
+                       "result '%.*s' is not the document's",
+                       (int)(r->result_len > 200 ? 200 : r->result_len), r->result);
+        yajl_tree_free(got);
+    }
+    yajl_tree_free(doc);
+}
+
 static int inside(const char *p, size_t n, const char *base, size_t len)
 {
     return p >= base && n <= len && (size_t)(p - base) <= len - n;
@@ -106,6 +207,7 @@ static void check_reply(const mu_decoder *d, const mu_reply *r, const char *body
         FUZZ_CHECK(one_json_value(r->result, r->result_len), "result is not one JSON value: '%.*s'",
                    (int)(r->result_len > 200 ? 200 : r->result_len), r->result);
     }
+    check_against_tree(r);
     if (r->doc) {
         int in_body = inside(r->doc, r->doc_len, body, len);
         int in_plain = d->plain.data && inside(r->doc, r->doc_len, d->plain.data, d->plain.len);
