@@ -577,7 +577,8 @@ static int cb_end(void *ctx)
 {
     env *e = ctx;
     e->depth--;
-    if (e->depth == 2)
+    /* Back in the error object, or out of it: no member is current. */
+    if (e->depth <= 2)
         e->ekey = K_NONE;
     value_done(e);
     return 1;

@@ -365,6 +365,24 @@ static void test_result_after_any_blank(void **state)
     assert_memory_equal(r.result, "\"x\"", 3);
 }
 
+/* The error object's last member stayed "current" after the object closed,
+ * so a later object's member of the same name overwrote the remote error's
+ * name or code (here code 5 became 7). Found by tests/fuzz/fuzz_decode's
+ * check against a yajl_tree reading of the same document
+ * (tests/fuzz/corpus/decode/error_then_result_object). */
+static void test_error_members_end_with_the_error(void **state)
+{
+    (void)state;
+    mu_reply r;
+    assert_int_equal(DECODE("0\x80\x04\x8c\x59{\"error\": {\"name\": \"x\", \"code\": 5}, "
+                            "\"result\": {\"name\": \"zzz\", \"code\": 7, \"message\": \"m\"}}\x94.",
+                            500, NULL, &r),
+                     MU_EREMOTE);
+    assert_string_equal(r.err_name, "x");
+    assert_int_equal(r.err_code, 5);
+    assert_string_equal(r.err_message, "");
+}
+
 static void test_encode_matches_captures(void **state)
 {
     (void)state;
@@ -447,6 +465,7 @@ int main(void)
         cmocka_unit_test_teardown(test_hostile_pickles, release_decoder),
         cmocka_unit_test_teardown(test_hostile_bodies, release_decoder),
         cmocka_unit_test_teardown(test_result_after_any_blank, release_decoder),
+        cmocka_unit_test_teardown(test_error_members_end_with_the_error, release_decoder),
         cmocka_unit_test(test_encode_matches_captures),
         cmocka_unit_test(test_json_check),
         cmocka_unit_test(test_auth_token),
