@@ -52,7 +52,9 @@ mu_build() {
         printf '%s' "$want" > "$dir/.configure-args"
     fi
     mu_log "build in ${dir#"$MU_TOP"/}"
-    make -C "$dir" -s -j"$(nproc)" >/dev/null || make -C "$dir" -j1
+    # MU_MAKE_GOALS: what to build instead of everything (scripts/fuzz: fuzz).
+    # shellcheck disable=SC2086
+    make -C "$dir" -s -j"$(nproc)" ${MU_MAKE_GOALS-} >/dev/null || make -C "$dir" -j1 ${MU_MAKE_GOALS-}
 }
 
 # mu_install_optional PACKAGE...: installs, like mu_install_deps, Debian

@@ -781,7 +781,9 @@ mu_status mu_client_watch(mu_client *c, const char *target, mu_watch_fn fn, void
 
 /* yajl_tree builds and frees a tree by recursion: a result nested 300,000
  * levels deep (600 KB, well under max_response_bytes) overflowed the stack.
- * 1 if text nests deeper than max (brackets outside strings). */
+ * 1 if text nests deeper than max (brackets outside strings and outside
+ * comments, which yajl_tree_parse allows: a '"' in a comment is no string,
+ * and hid every bracket after it). */
 static int nests_deeper(const char *text, size_t len, size_t max)
 {
     size_t depth = 0;
@@ -793,6 +795,13 @@ static int nests_deeper(const char *text, size_t len, size_t max)
                 i++;
             else if (ch == '"')
                 in_string = 0;
+        } else if (ch == '/' && i + 1 < len && text[i + 1] == '*') {
+            for (i += 2; i < len && !(text[i] == '*' && i + 1 < len && text[i + 1] == '/'); i++)
+                ;
+            i++; /* on the closing '/' (or past the end) */
+        } else if (ch == '/' && i + 1 < len && text[i + 1] == '/') {
+            while (i < len && text[i] != '\n')
+                i++;
         } else if (ch == '"') {
             in_string = 1;
         } else if (ch == '[' || ch == '{') {

@@ -427,11 +427,13 @@ static size_t consumed(env *e)
     return yajl_get_bytes_consumed(e->h);
 }
 
-/* Start of the value that follows a key: skip ':' and blanks. */
+/* Start of the value that follows a key: skip ':' and blanks, as yajl's
+ * lexer counts them (it takes \v and \f too). */
 static size_t after_colon(env *e, size_t off)
 {
     while (e->text[off] == ' ' || e->text[off] == ':' || e->text[off] == '\t' ||
-           e->text[off] == '\n' || e->text[off] == '\r')
+           e->text[off] == '\n' || e->text[off] == '\r' || e->text[off] == '\v' ||
+           e->text[off] == '\f')
         off++;
     return off;
 }
@@ -575,7 +577,8 @@ static int cb_end(void *ctx)
 {
     env *e = ctx;
     e->depth--;
-    if (e->depth == 2)
+    /* Back in the error object, or out of it: no member is current. */
+    if (e->depth <= 2)
         e->ekey = K_NONE;
     value_done(e);
     return 1;

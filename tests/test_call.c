@@ -834,6 +834,44 @@ static void unwatch_self(const char *target, size_t n, void *user)
     mu_client_watch(w->c, target, NULL, NULL); /* removes the watch being called */
 }
 
+/* yajl_tree_parse allows comments, so a '"' inside one must not hide the
+ * brackets after it from the depth check: a comment holding a quote, then
+ * 300,000 levels, overflowed the stack, as in test_result_parse_depth.
+ * Found by tests/fuzz/fuzz_result's depth invariant. */
+static void test_result_parse_depth_comments(void **state)
+{
+    (void)state;
+    static const char *const heads[] = {"/*\"*/", "// \"\n", "/* ' */ /* \" */ "};
+    size_t levels = MU_RESULT_MAX_DEPTH + 1;
+    char text[2 * (MU_RESULT_MAX_DEPTH + 1) + 32];
+    for (size_t h = 0; h < sizeof heads / sizeof heads[0]; h++) {
+        size_t n = (size_t)sprintf(text, "%s", heads[h]);
+        memset(text + n, '[', levels);
+        memset(text + n + levels, ']', levels);
+        n += 2 * levels;
+        text[n] = '\0';
+        mu_result r = {.status = MU_OK, .result = text, .result_len = n, .detail = ""};
+        char err[128] = "";
+        yajl_val v = mu_result_parse(&r, err, sizeof err);
+        if (v) {
+            yajl_tree_free(v);
+            fail_msg("%s: %zu levels accepted", heads[h], levels);
+        }
+        assert_non_null(strstr(err, "deeper than 512"));
+    }
+    /* A comment that closes keeps the count: 512 levels still parse. */
+    size_t n = (size_t)sprintf(text, "/* [ */ ");
+    memset(text + n, '[', MU_RESULT_MAX_DEPTH);
+    memset(text + n + MU_RESULT_MAX_DEPTH, ']', MU_RESULT_MAX_DEPTH);
+    n += 2 * MU_RESULT_MAX_DEPTH;
+    text[n] = '\0';
+    mu_result r = {.status = MU_OK, .result = text, .result_len = n, .detail = ""};
+    char err[128] = "";
+    yajl_val v = mu_result_parse(&r, err, sizeof err);
+    assert_non_null(v);
+    yajl_tree_free(v);
+}
+
 static void test_reentrant_edges(void **state)
 {
     (void)state;
@@ -1010,6 +1048,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_misuse, setup, teardown),
         cmocka_unit_test_setup_teardown(test_abi, setup, teardown),
         cmocka_unit_test(test_result_parse_depth),
+        cmocka_unit_test(test_result_parse_depth_comments),
         cmocka_unit_test_setup_teardown(test_reentrant_edges, setup, teardown),
         cmocka_unit_test_setup_teardown(test_drain_does_not_starve_the_loop, setup, teardown),
         cmocka_unit_test_setup_teardown(test_free_from_log_sink, setup, teardown),

@@ -348,6 +348,41 @@ static void test_hostile_bodies(void **state)
     assert_non_null(strstr(r.detail, "Unauthorized"));
 }
 
+/* yajl skips \v and \f as blanks too. Around the ':' after "result" they
+ * ended up in the result slice, which then was not JSON ("\f:\f1"). Found
+ * by tests/fuzz/fuzz_decode's "result is one JSON value" invariant
+ * (tests/fuzz/corpus/decode/result_formfeed). */
+static void test_result_after_any_blank(void **state)
+{
+    (void)state;
+    mu_reply r;
+    assert_int_equal(DECODE("0\x80\x04\x8c\x12{\"result\"\f\v:\v\f[1]}\x94.", 200, NULL, &r), MU_OK);
+    assert_int_equal(r.result_len, 3);
+    assert_memory_equal(r.result, "[1]", 3);
+    assert_int_equal(DECODE("0\x80\x04\x8c\x13{\"result\" \t\r\n:\f\"x\"}\x94.", 200, NULL, &r),
+                     MU_OK);
+    assert_int_equal(r.result_len, 3);
+    assert_memory_equal(r.result, "\"x\"", 3);
+}
+
+/* The error object's last member stayed "current" after the object closed,
+ * so a later object's member of the same name overwrote the remote error's
+ * name or code (here code 5 became 7). Found by tests/fuzz/fuzz_decode's
+ * check against a yajl_tree reading of the same document
+ * (tests/fuzz/corpus/decode/error_then_result_object). */
+static void test_error_members_end_with_the_error(void **state)
+{
+    (void)state;
+    mu_reply r;
+    assert_int_equal(DECODE("0\x80\x04\x8c\x59{\"error\": {\"name\": \"x\", \"code\": 5}, "
+                            "\"result\": {\"name\": \"zzz\", \"code\": 7, \"message\": \"m\"}}\x94.",
+                            500, NULL, &r),
+                     MU_EREMOTE);
+    assert_string_equal(r.err_name, "x");
+    assert_int_equal(r.err_code, 5);
+    assert_string_equal(r.err_message, "");
+}
+
 static void test_encode_matches_captures(void **state)
 {
     (void)state;
@@ -429,6 +464,8 @@ int main(void)
         cmocka_unit_test(test_truncation_every_offset),
         cmocka_unit_test_teardown(test_hostile_pickles, release_decoder),
         cmocka_unit_test_teardown(test_hostile_bodies, release_decoder),
+        cmocka_unit_test_teardown(test_result_after_any_blank, release_decoder),
+        cmocka_unit_test_teardown(test_error_members_end_with_the_error, release_decoder),
         cmocka_unit_test(test_encode_matches_captures),
         cmocka_unit_test(test_json_check),
         cmocka_unit_test(test_auth_token),
