@@ -128,12 +128,23 @@ static yajl_val tree_of(const char *text, size_t len)
     return v;
 }
 
+static int has_nul_escape(const char *p, size_t n)
+{
+    for (size_t i = 0; i + 6 <= n; i++)
+        if (p[i] == '\\' && memcmp(p + i + 1, "u0000", 5) == 0)
+            return 1;
+    return 0;
+}
+
 /* The reference: the decoded document as a yajl tree. A remote error's
- * name, message and code, and a result, must be what the tree holds. */
+ * name, message and code, and a result, must be what the tree holds.
+ * yajl_tree keeps keys and strings as C strings, so a document with an
+ * escaped NUL ("result\u0000x" is not "result", but the tree says it is)
+ * has no reference: found by the fuzzer, skipped. */
 static void check_against_tree(const mu_reply *r)
 {
     if (!r->doc || (r->status != MU_OK && r->status != MU_EREMOTE) ||
-        memchr(r->doc, '\0', r->doc_len))
+        memchr(r->doc, '\0', r->doc_len) || has_nul_escape(r->doc, r->doc_len))
         return;
     yajl_val doc = tree_of(r->doc, r->doc_len);
     FUZZ_CHECK(doc && YAJL_IS_OBJECT(doc), "decoded a document yajl_tree cannot read");
