@@ -134,6 +134,7 @@ static int unlink_from(call_t **head, call_t **tail, call_t *k);
 static void stop(call_t *k);
 static void recycle(call_t *k);
 static void arm_hedge(call_t *k);
+static void hist_add(mu_lat_hist *h, uint64_t us);
 static void watch(mu_calls *m, mu_endpoint *e);
 static void retry_after_backoff(call_t *k, const char *why);
 static void start_attempt(call_t *k);
@@ -908,6 +909,7 @@ static void on_xfer_done(mu_xfer *x, const mu_xfer_result *res, void *user)
     if (o.status == MU_OK) {
         uint64_t lat = now - k->launch_us, *u = &k->t->usual_us;
         *u = *u ? *u - *u / 16 + lat / 16 : (lat ? lat : 1);
+        hist_add(&k->t->lat, lat);
         terminate_result(k);
         end_attempt(k);
         finish(k, k->status, NULL);
@@ -1286,8 +1288,68 @@ static void on_hedge(evutil_socket_t fd, short what, void *arg)
     start_attempt(h);
 }
 
+/* ------------------------------------------------------------- latency */
+
+static unsigned hist_bucket(uint64_t us)
+{
+    if (us < 2)
+        return 0;
+    unsigned top = 63u - (unsigned)__builtin_clzll(us);  /* octave */
+    unsigned frac = (unsigned)((us >> (top >= 2 ? top - 2 : 0)) & 3u); /* quarter */
+    if (top < 2)
+        frac = (unsigned)((us << (2 - top)) & 3u);
+    unsigned b = top * 4u + frac;
+    return b < MU_LAT_BUCKETS ? b : MU_LAT_BUCKETS - 1;
+}
+
+/* The upper bound of bucket b, in microseconds. */
+static uint64_t hist_upper(unsigned b)
+{
+    unsigned top = b / 4u, frac = b % 4u;
+    return top >= 2 ? ((uint64_t)(4u + frac + 1u) << (top - 2)) : (uint64_t)(top + 1u) * 2u;
+}
+
+static void hist_add(mu_lat_hist *h, uint64_t us)
+{
+    h->n[hist_bucket(us)]++;
+    h->total++;
+    if (++h->since_halving >= 1024) {
+        h->since_halving = 0;
+        h->total = 0;
+        for (unsigned i = 0; i < MU_LAT_BUCKETS; i++)
+            h->total += h->n[i] /= 2;
+    }
+}
+
+/* The latency under which pm per mille of the samples fall; 0 with fewer
+ * than 100 samples. */
+static uint64_t hist_percentile(const mu_lat_hist *h, int pm)
+{
+    if (h->total < 100)
+        return 0;
+    uint64_t want = ((uint64_t)h->total * (uint64_t)pm + 999u) / 1000u, seen = 0;
+    for (unsigned i = 0; i < MU_LAT_BUCKETS; i++)
+        if ((seen += h->n[i]) >= want)
+            return hist_upper(i);
+    return hist_upper(MU_LAT_BUCKETS - 1);
+}
+
+/* The hedge delay: the method's percentile (hedge = pNN) once known, else
+ * hedge_ms; 0: no hedge. */
+static int hedge_delay_ms(const call_t *k)
+{
+    const mu_svc_opts *o = k->t->o;
+    if (o->hedge_pm) {
+        uint64_t us = hist_percentile(&k->t->lat, o->hedge_pm);
+        if (us)
+            return (int)((us + 999u) / 1000u);
+    }
+    return o->hedge_ms;
+}
+
 static void arm_hedge(call_t *k)
 {
+    k->hedge_ms = hedge_delay_ms(k);
     if (!k->idempotent || k->hedge_ms <= 0)
         return;
     if (!k->hedge_ev && !(k->hedge_ev = evtimer_new(k->m->d.base, on_hedge, k)))
@@ -1338,7 +1400,6 @@ static void call_setup(call_t *k, mu_target *t, const mu_call_opts *o, int polic
     k->hash_key = o->hash_key ? mu_hash_key(o->hash_key) : 0;
     k->idempotent = o->idempotent >= 0 ? (o->idempotent != 0) : t->idempotent;
     k->timeout_ms = o->timeout_ms ? o->timeout_ms : t->o->timeout_ms;
-    k->hedge_ms = t->o->hedge_ms;
     k->max_attempts = 1 + (o->retries >= 0 ? o->retries : t->o->retries);
     int deadline_ms = o->deadline_ms ? o->deadline_ms : t->o->deadline_ms;
     k->start_us = mu_now_us();

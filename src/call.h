@@ -36,13 +36,23 @@
 
 struct event_base;
 
+/* A method's recent latencies: 4 log-spaced buckets per octave of
+ * microseconds (from 1 us to over an hour), halved every 1,024 samples so
+ * that it follows the present. */
+#define MU_LAT_BUCKETS 128
+typedef struct mu_lat_hist {
+    uint32_t n[MU_LAT_BUCKETS];
+    uint32_t total, since_halving;
+} mu_lat_hist;
+
 /* What may differ per service (KEY.SERVICE). Owned by client.c: one with
  * the client's values, one per service that overrides any, each living
  * as long as the client; targets point at their service's. */
 typedef struct mu_svc_opts {
     mu_policy policy;
     int timeout_ms, deadline_ms, retries;
-    int hedge_ms;       /* 0: no hedging */
+    int hedge_ms;       /* 0: no hedging (unless hedge_pm) */
+    int hedge_pm;       /* hedge = pNN: the percentile, per mille; 0: hedge_ms alone */
     int slow_start_ms;  /* 0: none */
     mu_eject_rules eject;
 } mu_svc_opts;
@@ -56,6 +66,7 @@ typedef struct mu_target {
     size_t split; /* offset of ':' */
     uint64_t usual_us; /* call.c's: moving average of the method's successful attempts
                         * (1/16 a sample), for in-flight age; 0: none yet */
+    mu_lat_hist lat;   /* call.c's: the same attempts' latencies, for hedge = pNN */
 } mu_target;
 
 /* The settings calls need, copied at creation. */

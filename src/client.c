@@ -191,6 +191,8 @@ static void set_svc_opt(mu_svc_opts *o, const char *key, const char *value)
         o->retries = v;
     else if (strcmp(key, "hedge_ms") == 0)
         o->hedge_ms = v;
+    else if (strcmp(key, "hedge") == 0)
+        o->hedge_pm = *value ? mu_parse_percentile(value) : 0;
     else if (strcmp(key, "slow_start_ms") == 0)
         o->slow_start_ms = v;
     else if (strcmp(key, "eject_ms") == 0)
@@ -221,7 +223,7 @@ static void add_override(const char *key, const char *svc, const char *value, vo
 static void apply_svc_opts(mu_client *c, const mu_config *cfg)
 {
     static const char *const keys[] = {
-        "policy", "timeout_ms", "deadline_ms", "retries", "hedge_ms", "slow_start_ms",
+        "policy", "timeout_ms", "deadline_ms", "retries", "hedge_ms", "hedge", "slow_start_ms",
         "eject_ms", "eject_max_ms", "eject_after_failures", "max_ejected_percent",
     };
     for (size_t i = 0; i < MU_ARRAY_LEN(keys); i++)

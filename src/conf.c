@@ -9,7 +9,7 @@
 
 
 
-enum kind { K_STR, K_INT, K_ENUM, K_HOSTS, K_LIST, K_PATH, K_URLPATH };
+enum kind { K_STR, K_INT, K_ENUM, K_HOSTS, K_LIST, K_PATH, K_URLPATH, K_PCTL };
 
 typedef struct key_spec {
     const char *name;
@@ -65,6 +65,9 @@ static const key_spec keys[] = {
     {"hedge_ms", "0", K_INT, 0, 3600000, NULL,
      "idempotent calls only: with no answer after this many ms, a second attempt goes to "
      "another provider and the first answer wins (0: off); capped by the retry budget"},
+    {"hedge", "", K_PCTL, 0, 0, NULL,
+     "idempotent calls only: hedge after the method's own latency percentile (p50 to p99.9, "
+     "say p95) instead of a fixed hedge_ms, once 100 answers are known (hedge_ms until then)"},
     {"slow_start_ms", "0", K_INT, 0, 3600000, NULL,
      "a provider that joins, or comes back from ejection, gets a share of the picks that "
      "ramps up over this many ms (0: off)"},
@@ -103,7 +106,7 @@ static const key_spec keys[] = {
 /* Keys of the table that may also be set for one service, as
  * "KEY.SERVICE": the value is checked as KEY's. */
 static const char *const per_service[] = {
-    "policy", "timeout_ms", "deadline_ms", "retries", "hedge_ms", "slow_start_ms",
+    "policy", "timeout_ms", "deadline_ms", "retries", "hedge_ms", "hedge", "slow_start_ms",
     "eject_ms", "eject_max_ms", "eject_after_failures", "max_ejected_percent",
 };
 
@@ -175,6 +178,18 @@ static int find_key(const char *name)
         if (strcmp(keys[i].name, name) == 0)
             return (int)i;
     return -1;
+}
+
+int mu_parse_percentile(const char *v)
+{
+    if (v[0] != 'p' || !isdigit((unsigned char)v[1]) || !isdigit((unsigned char)v[2]))
+        return -1;
+    int pm = ((v[1] - '0') * 10 + (v[2] - '0')) * 10;
+    if (v[3] == '.' && isdigit((unsigned char)v[4]) && !v[5])
+        pm += v[4] - '0';
+    else if (v[3])
+        return -1;
+    return pm >= 500 && pm <= 999 ? pm : -1;
 }
 
 int mu_parse_hostport(const char *s, size_t len, char *host, size_t hostcap, int *port)
@@ -253,6 +268,14 @@ static int check_value(mu_config *cfg, const char *key, enum kind kind, long min
         }
         return 0;
     }
+    case K_PCTL:
+        if (*v && mu_parse_percentile(v) < 0) {
+            mu_fmt(cfg->error, sizeof cfg->error,
+                   "%s = '%s': expected a percentile from p50 to p99.9 (p95, p99.9), or empty",
+                   key, v);
+            return -1;
+        }
+        return 0;
     case K_INT: {
         errno = 0;
         char *end;

@@ -26,6 +26,9 @@ void mu_config_each_override(const mu_config *cfg,
 void mu_config_each_service(const mu_config *cfg, const char *prefix,
                             void (*fn)(const char *svc, const char *value, void *user), void *user);
 
+/* "p95" -> 950, "p99.9" -> 999 (per mille, 500 to 999); -1 if not one. */
+int mu_parse_percentile(const char *v);
+
 /* Splits "host:port" into host and port; 0 on success. */
 int mu_parse_hostport(const char *s, size_t len, char *host, size_t hostcap, int *port);
 

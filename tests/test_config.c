@@ -37,6 +37,9 @@ static void test_defaults_and_set(void **state)
     assert_string_equal(mu_config_service(c, "timeout_ms", "svc"), "50");
     assert_int_equal(mu_config_set(c, "eject_after_failures.svc", "3"), MU_OK);
     assert_int_equal(mu_config_set(c, "slow_start_ms.svc", "20"), MU_OK);
+    assert_int_equal(mu_config_set(c, "hedge.svc", "p99.9"), MU_OK);
+    assert_int_equal(mu_config_set(c, "hedge", "p50"), MU_OK);
+    assert_int_equal(mu_config_set(c, "hedge", ""), MU_OK);
     assert_null(mu_config_get(c, "nope"));
     mu_config_free(c);
     mu_config_free(NULL);
@@ -65,6 +68,10 @@ static void test_bad_values_name_key_value_and_allowed(void **state)
         {"timeout_ms.svc", "0", "timeout_ms.svc = '0': expected an integer from 1 to"},
         {"eject_after_failures.svc", "x", "from 1 to 1000"},
         {"retries.", "1", "expected retries.SERVICE"},
+        {"hedge", "95", "expected a percentile from p50 to p99.9"},
+        {"hedge.svc", "p100", "expected a percentile"},
+        {"hedge", "p99.95", "expected a percentile"},
+        {"hedge", "p40", "expected a percentile"},
         {"retries.a:b", "1", "expected retries.SERVICE"},
         {"zk_hosts.svc", "h:1", "unknown key 'zk_hosts.svc'"},
         {"zk_root", "/", "absolute path without a trailing slash"},

@@ -434,6 +434,35 @@ static void test_hedge_cancel_and_free(void **state)
     tb_provider_free(b);
 }
 
+/* hedge = pNN: the delay follows the method's own latency percentile, once
+ * 100 answers are known. 3 fast providers and 1 answering after 500 ms:
+ * the median is a fast answer, so calls to the slow one are hedged after
+ * a few ms. */
+static void test_hedge_percentile(void **state)
+{
+    (void)state;
+    tb_provider *p[4] = {provider("hp", NULL), provider("hp", NULL), provider("hp", NULL),
+                         provider("hp", "--delay-ms", "500", NULL)};
+    for (int i = 0; i < 4; i++)
+        assert_non_null(p[i]);
+    mu_client *c = client(tu_config("policy", "round-robin", "hedge.hp", "p50",
+                                    "retry_budget_percent", "1000", NULL));
+    load l;
+    load_init(&l, c, "hp:echo", 2000, 64);
+    l.idempotent = 1;
+    l.slow_us = 450000;
+    load_go(&l);
+    load_wait(&l, 60000);
+    fprintf(stderr, "  hedge = p50: %d calls, %d failed, %llu hedges, %d took 450 ms or more\n",
+            l.ended, l.failed, hedges(c), l.slow);
+    assert_int_equal(l.failed, 0);
+    assert_true(hedges(c) >= 300);  /* a quarter of the calls went to the slow one */
+    assert_true(l.slow <= 100);     /* about 500 without hedging */
+    mu_client_free(c);
+    for (int i = 0; i < 4; i++)
+        tb_provider_free(p[i]);
+}
+
 /* ------------------------------------------------------------ last-known-good view */
 
 typedef struct stale_seen {
@@ -817,6 +846,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_slow_start, setup, teardown),
         cmocka_unit_test_setup_teardown(test_hedging, setup, teardown),
         cmocka_unit_test_setup_teardown(test_hedge_cancel_and_free, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_hedge_percentile, setup, teardown),
         cmocka_unit_test_setup_teardown(test_snapshot_stale_start, setup, teardown),
         cmocka_unit_test_setup_teardown(test_snapshot_bad_lines, setup, teardown),
         cmocka_unit_test_setup_teardown(test_empty_protection, setup, teardown),
