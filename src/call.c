@@ -87,12 +87,35 @@ struct mu_call_handle {
     mu_status status;
     long http_status;
     char endpoint[72];
-    char detail[320];
-    char unsent_why[200]; /* the last attempt that never reached a provider */
-    char unsent_eps[160]; /* "host:port, ..." of those attempts */
+    struct call_io *io;  /* taken with x when the first attempt leaves the queue */
+};
+
+/* What only a call that has made an attempt needs, kept out of the call
+ * object so that a queued call stays small: made with the transfer in
+ * launch(), and kept with the object, spares included. */
+typedef struct call_io {
     mu_decoder dec;
     mu_reply reply;
-};
+    char unsent_why[200]; /* the last attempt that never reached a provider */
+    char unsent_eps[160]; /* "host:port, ..." of those attempts */
+    char detail[320];     /* why the call failed (also made for a call that fails queued) */
+} call_io;
+
+#define UNSENT_WHY_CAP sizeof(((call_io *)0)->unsent_why)
+#define UNSENT_EPS_CAP sizeof(((call_io *)0)->unsent_eps)
+
+static const char *unsent_eps(const call_t *k)
+{
+    return k->io ? k->io->unsent_eps : "";
+}
+
+/* k's io, made if it has none yet; NULL when out of memory. */
+static call_io *io_of(call_t *k)
+{
+    if (!k->io)
+        k->io = calloc(1, sizeof *k->io);
+    return k->io;
+}
 
 struct mu_calls {
     mu_calls_deps d;
@@ -174,11 +197,15 @@ static void call_destroy(call_t *k)
     m->free_slots[m->nfree++] = k->slot;
     mu_xfer_free(k->x);
     event_free(k->timer);
-    event_free(k->wake);
+    if (k->wake)
+        event_free(k->wake);
     if (k->hedge_ev)
         event_free(k->hedge_ev);
     mu_buf_free(&k->body);
-    mu_decoder_cleanup(&k->dec);
+    if (k->io) {
+        mu_decoder_cleanup(&k->io->dec);
+        free(k->io);
+    }
     free(k);
 }
 
@@ -220,10 +247,10 @@ static void recycle(call_t *k)
     /* A spare keeps small buffers only: one huge response must not stay
      * resident in every recycled call. */
     mu_xfer_trim(k->x, KEEP_BYTES);
-    if (k->dec.plain.cap > KEEP_BYTES)
-        mu_buf_free(&k->dec.plain);
-    if (k->dec.scratch.cap > KEEP_BYTES)
-        mu_buf_free(&k->dec.scratch);
+    if (k->io && k->io->dec.plain.cap > KEEP_BYTES)
+        mu_buf_free(&k->io->dec.plain);
+    if (k->io && k->io->dec.scratch.cap > KEEP_BYTES)
+        mu_buf_free(&k->io->dec.scratch);
     if (k->body.cap > KEEP_BYTES)
         mu_buf_free(&k->body);
     k->state = C_SPARE;
@@ -272,22 +299,13 @@ static call_t *call_new(mu_calls *m)
         k->m = m;
         k->slot = slot;
         k->timer = evtimer_new(m->d.base, on_deadline, k);
-        k->wake = evtimer_new(m->d.base, on_wake, k);
     }
-    if (!k || !k->timer || !k->wake) {
-        if (k) {
-            if (k->timer)
-                event_free(k->timer);
-            if (k->wake)
-                event_free(k->wake);
-        }
+    if (!k || !k->timer) {
         free(k);
         m->free_slots[m->nfree++] = slot;
         return NULL;
     }
     m->slots[slot] = k;
-    mu_decoder_init(&k->dec, m->s.max_response);
-    k->dec.cache = &m->ycache;
     return k;
 }
 
@@ -307,11 +325,13 @@ static call_t *call_get(mu_calls *m)
     k->ntried = k->attempts = k->sent = k->nbackoff = 0;
     k->hedge = NULL;
     k->is_hedge = k->silent = k->retry_wait = 0;
-    k->unsent_why[0] = k->unsent_eps[0] = '\0';
+    if (k->io) {
+        k->io->unsent_why[0] = k->io->unsent_eps[0] = k->io->detail[0] = '\0';
+        memset(&k->io->reply, 0, sizeof k->io->reply);
+    }
     k->http_status = 0;
-    k->endpoint[0] = k->detail[0] = '\0';
+    k->endpoint[0] = '\0';
     k->status = MU_OK;
-    memset(&k->reply, 0, sizeof k->reply);
     mu_buf_reset(&k->body);
     live_link(k);
     return k;
@@ -423,6 +443,15 @@ static int launch(call_t *k)
         finish(k, MU_ENOMEM, "out of memory for a transfer to %s", k->endpoint);
         return -1;
     }
+    if (!io_of(k)) {
+        end_attempt(k);
+        finish(k, MU_ENOMEM, "out of memory for an attempt to %s", k->endpoint);
+        return -1;
+    }
+    if (!k->io->dec.cache) { /* new */
+        mu_decoder_init(&k->io->dec, k->m->s.max_response);
+        k->io->dec.cache = &k->m->ycache;
+    }
     e->lane.active++;
     mu_xfer_set_reuse(k->x, keep);
     mu_xfer_set_quickack(k->x, mu_health_quickack(e));
@@ -471,6 +500,16 @@ static void kick(mu_calls *m)
     }
 }
 
+/* Arms k's wake timer (made on first use: a queued call has none). 0, or
+ * -1 when out of memory: then only the deadline will end the wait. */
+static int wake_in(call_t *k, uint64_t us)
+{
+    if (!k->wake && !(k->wake = evtimer_new(k->m->d.base, on_wake, k)))
+        return -1;
+    struct timeval tv = {(time_t)(us / 1000000u), (suseconds_t)(us % 1000000u)};
+    return evtimer_add(k->wake, &tv);
+}
+
 static void disarm_stall(call_t *k)
 {
     if (k->stall_armed) {
@@ -488,7 +527,7 @@ static void stop(call_t *k)
     disarm_stall(k);
     if (k->state == C_WAITING)
         waiting_remove(k);
-    if (k->state == C_BACKOFF)
+    if (k->state == C_BACKOFF && k->wake)
         evtimer_del(k->wake);
     /* k->ep is NULL once the attempt has ended (completed, or never left
      * the queue): then there is nothing to undo. */
@@ -547,10 +586,11 @@ static void finish(call_t *k, mu_status st, const char *fmt, ...)
         return;
     stop(k);
     k->status = st;
-    if (fmt) {
+    call_io *io = fmt ? io_of(k) : NULL;
+    if (io) {
         va_list ap;
         va_start(ap, fmt);
-        vsnprintf(k->detail, sizeof k->detail, fmt, ap);
+        vsnprintf(io->detail, sizeof io->detail, fmt, ap);
         va_end(ap);
     }
     k->state = C_DONE;
@@ -577,13 +617,13 @@ static void deliver(call_t *k)
     r.status = k->status;
     r.result = "null";
     r.result_len = 4;
-    if (k->status == MU_OK) {
-        r.result = k->reply.result;
-        r.result_len = k->reply.result_len;
-    } else if (k->status == MU_EREMOTE) {
-        r.error_name = k->reply.err_name;
-        r.error_code = k->reply.err_code;
-        r.error_message = k->reply.err_message;
+    if (k->status == MU_OK && k->io) {
+        r.result = k->io->reply.result;
+        r.result_len = k->io->reply.result_len;
+    } else if (k->status == MU_EREMOTE && k->io) {
+        r.error_name = k->io->reply.err_name;
+        r.error_code = k->io->reply.err_code;
+        r.error_message = k->io->reply.err_message;
     }
     r.endpoint = k->endpoint[0] ? k->endpoint : NULL;
     r.attempts = k->attempts + (k->hedge ? k->hedge->attempts : 0);
@@ -594,7 +634,9 @@ static void deliver(call_t *k)
     }
     r.http_status = k->http_status;
     r.latency_us = mu_now_us() - k->start_us;
-    r.detail = k->status == MU_OK ? "" : k->detail;
+    r.detail = k->status == MU_OK ? ""
+               : k->io       ? k->io->detail
+                             : "out of memory describing the failure";
     if (k->status == MU_OK)
         m->d.stats->calls_ok++;
     else
@@ -635,15 +677,15 @@ static void on_drain(evutil_socket_t fd, short what, void *arg)
  * decoded document, followed in memory by more JSON, so copy when needed. */
 static void terminate_result(call_t *k)
 {
-    mu_reply *r = &k->reply;
+    mu_reply *r = &k->io->reply;
     if (k->status != MU_OK || r->result[r->result_len] == '\0')
         return;
     /* The scratch buffer is ours until the next decode. */
-    mu_buf *s = &k->dec.scratch;
+    mu_buf *s = &k->io->dec.scratch;
     size_t off = s->len;
     if (mu_buf_append(s, r->result, r->result_len) != 0 || mu_buf_append(s, "", 1) != 0) {
         k->status = MU_ENOMEM;
-        mu_fmt(k->detail, sizeof k->detail, "out of memory copying a result of %zu bytes",
+        mu_fmt(k->io->detail, sizeof k->io->detail, "out of memory copying a result of %zu bytes",
                r->result_len);
         return;
     }
@@ -715,7 +757,7 @@ static void describe(const call_t *k, const mu_endpoint *e, const mu_xfer_result
 {
     const char *err = res->error[0] ? res->error : curl_easy_strerror(res->code);
     if (res->code == CURLE_OK && !res->too_big) {
-        mu_fmt(why, cap, "%s from %s", k->reply.detail, e->key);
+        mu_fmt(why, cap, "%s from %s", k->io->reply.detail, e->key);
         return;
     }
     switch (st) {
@@ -744,12 +786,13 @@ static void describe(const call_t *k, const mu_endpoint *e, const mu_xfer_result
  * a call that ends without any provider accepting it. */
 static void note_unsent(call_t *k, const mu_endpoint *e, const char *why)
 {
-    mu_fmt(k->unsent_why, sizeof k->unsent_why, "%s", why);
-    if (strstr(k->unsent_eps, e->key))
+    call_io *io = k->io; /* there was an attempt */
+    mu_fmt(io->unsent_why, sizeof io->unsent_why, "%s", why);
+    if (strstr(io->unsent_eps, e->key))
         return;
-    size_t n = strlen(k->unsent_eps);
-    if (n + strlen(e->key) + 3 < sizeof k->unsent_eps)
-        mu_fmt(k->unsent_eps + n, sizeof k->unsent_eps - n, "%s%s", n ? ", " : "", e->key);
+    size_t n = strlen(io->unsent_eps);
+    if (n + strlen(e->key) + 3 < sizeof io->unsent_eps)
+        mu_fmt(io->unsent_eps + n, sizeof io->unsent_eps - n, "%s%s", n ? ", " : "", e->key);
 }
 
 static void fail_after_send(call_t *k, const mu_outcome *o, const char *why)
@@ -826,11 +869,8 @@ static void watch(mu_calls *m, mu_endpoint *e)
     uint64_t silent = check_silent(m, e, now, NULL);
     if (silent && (!us || silent < us))
         us = silent;
-    if (!us)
-        return;
-    struct timeval tv = {(time_t)(us / 1000000u), (suseconds_t)(us % 1000000u)};
-    o->stall_armed = 1;
-    evtimer_add(o->wake, &tv);
+    if (us && wake_in(o, us) == 0)
+        o->stall_armed = 1;
 }
 
 /* Acts on health's verdicts about e, then watches it. kept: the attempt
@@ -885,8 +925,8 @@ static mu_outcome classify(call_t *k, const mu_xfer_result *res)
         .idempotent = k->idempotent,
     };
     if (f.curl_ok && !f.too_big)
-        f.decoded = mu_decode_response(&k->dec, res->body, res->len, res->http_status,
-                                       k->request_id, &k->reply);
+        f.decoded = mu_decode_response(&k->io->dec, res->body, res->len, res->http_status,
+                                       k->request_id, &k->io->reply);
     return mu_classify(&f);
 }
 
@@ -1099,11 +1139,10 @@ static void retry_after_backoff(call_t *k, const char *why)
     uint64_t left = k->deadline_us > now ? k->deadline_us - now : 0;
     if (us > left / 2)
         us = left / 2;
-    mu_fmt(k->detail, sizeof k->detail, "%s", why);
+    mu_fmt(k->io->detail, sizeof k->io->detail, "%s", why); /* there was an attempt */
     k->state = C_BACKOFF;
     k->retry_wait = 1;
-    struct timeval tv = {(time_t)(us / 1000000u), (suseconds_t)(us % 1000000u)};
-    evtimer_add(k->wake, &tv);
+    wake_in(k, us);
 }
 
 static void retry_unsent(call_t *k, const char *why)
@@ -1112,7 +1151,7 @@ static void retry_unsent(call_t *k, const char *why)
     uint64_t now = mu_now_us();
     if (now + 1000 >= k->deadline_us) {
         finish(k, MU_ECONNECT, "%s; deadline reached after %d attempt(s); providers tried: %s", why,
-               k->attempts, k->unsent_eps);
+               k->attempts, unsent_eps(k));
         return;
     }
     mu_endpoint *e = pick(k, now);
@@ -1129,8 +1168,7 @@ static void retry_unsent(call_t *k, const char *why)
            why, (unsigned long long)us);
     if (now + us >= k->deadline_us)
         return; /* the deadline ends the call */
-    struct timeval tv = {(time_t)(us / 1000000u), (suseconds_t)(us % 1000000u)};
-    evtimer_add(k->wake, &tv);
+    wake_in(k, us);
 }
 
 static void on_wake(evutil_socket_t fd, short what, void *arg)
@@ -1163,8 +1201,8 @@ static void on_wake(evutil_socket_t fd, short what, void *arg)
 /* The deadline passed and no attempt ever reached a provider. */
 static void finish_unaccepted(call_t *k, int ms, const char *last)
 {
-    char eps[sizeof k->unsent_eps];
-    memcpy(eps, k->unsent_eps, sizeof eps); /* finish() formats into k->detail */
+    char eps[UNSENT_EPS_CAP];
+    mu_fmt(eps, sizeof eps, "%s", unsent_eps(k)); /* finish() formats into the io */
     finish(k, MU_ECONNECT,
            "no provider of %s accepted the call within the %d ms deadline (%d attempt(s), none "
            "sent); providers tried: %s; last: %s",
@@ -1178,7 +1216,7 @@ static void on_deadline(evutil_socket_t fd, short what, void *arg)
     call_t *k = arg;
     mu_calls *m = k->m;
     int ms = (int)((k->deadline_us - k->start_us) / 1000);
-    char ep[72], why[sizeof k->unsent_why];
+    char ep[72], why[UNSENT_WHY_CAP];
     memcpy(ep, k->endpoint, sizeof ep);
     switch (k->state) {
     case C_WAITING: {
@@ -1194,7 +1232,7 @@ static void on_deadline(evutil_socket_t fd, short what, void *arg)
                k->attempts, ep);
         break;
     case C_RUNNING:
-        if (k->sent == 0 && k->unsent_eps[0] && !mu_xfer_request_sent(k->x)) {
+        if (k->sent == 0 && unsent_eps(k)[0] && !mu_xfer_request_sent(k->x)) {
             /* Still connecting after refusals: nothing was ever sent. */
             mu_fmt(why, sizeof why, "the attempt to %s was still connecting", ep);
             finish_unaccepted(k, ms, why);
@@ -1205,12 +1243,12 @@ static void on_deadline(evutil_socket_t fd, short what, void *arg)
         break;
     case C_BACKOFF:
         if (k->retry_wait) { /* waiting to retry a sent attempt */
-            char last[sizeof k->detail];
-            memcpy(last, k->detail, sizeof last);
+            char last[sizeof k->io->detail];
+            mu_fmt(last, sizeof last, "%s", k->io ? k->io->detail : "");
             finish(k, MU_ETIMEDOUT, "%s; deadline of %d ms reached before the retry", last, ms);
             break;
         }
-        memcpy(why, k->unsent_why, sizeof why);
+        mu_fmt(why, sizeof why, "%s", k->io ? k->io->unsent_why : "");
         finish_unaccepted(k, ms, why);
         break;
     default:
@@ -1503,7 +1541,8 @@ static void cancel_now(call_t *k, const char *why)
     }
     stop(k);
     k->status = MU_ECANCELLED;
-    mu_fmt(k->detail, sizeof k->detail, "%s after %d attempt(s)", why, k->attempts);
+    if (io_of(k))
+        mu_fmt(k->io->detail, sizeof k->io->detail, "%s after %d attempt(s)", why, k->attempts);
     deliver(k);
 }
 
