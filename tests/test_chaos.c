@@ -33,7 +33,7 @@
  * server, which needs root (/etc/resolv.conf) or a user, mount and network
  * namespace around the whole test; LD_PRELOAD and friends would fake it.
  *
- * Wall time: about 40 s on 2 cores (the ensemble start and the ZooKeeper
+ * Wall time: 23 to 27 s on 2 cores (the ensemble start and the ZooKeeper
  * restart are most of it). MU_TEST_FILTER=test_chaos_zk_restart runs one. */
 #include <setjmp.h>
 #include <stdarg.h>
