@@ -120,4 +120,29 @@ static inline void load_finish(load *l, int ms)
     assert_int_equal(l->failed, 0);
 }
 
+/* The endpoints of target as mu_client_endpoints sees them: how many, how
+ * many are down, their ejections; n = -1 while the group is not loaded. */
+typedef struct downs {
+    int down, n;
+    unsigned long long ejections;
+} downs;
+
+static inline void count_down(const mu_endpoint_info *const *eps, size_t n, void *user)
+{
+    downs *d = user;
+    d->n = (int)n;
+    for (size_t i = 0; i < n; i++) {
+        d->down += eps[i]->down;
+        d->ejections += eps[i]->ejections;
+    }
+}
+
+static inline downs endpoints(mu_client *c, const char *target)
+{
+    downs d = {0, -1, 0};
+    if (mu_client_endpoints(c, target, count_down, &d) != MU_OK)
+        d.n = -1;
+    return d;
+}
+
 #endif

@@ -73,30 +73,6 @@ static mu_client *client_at(mu_config *cfg, const char *connstr)
     return c;
 }
 
-typedef struct downs {
-    int down, n;
-    unsigned long long ejections;
-} downs;
-
-static void count_down(const mu_endpoint_info *const *eps, size_t n, void *user)
-{
-    downs *d = user;
-    d->n = (int)n;
-    for (size_t i = 0; i < n; i++) {
-        d->down += eps[i]->down;
-        d->ejections += eps[i]->ejections;
-    }
-}
-
-/* The endpoints of target; n = -1 while the group is not loaded. */
-static downs endpoints(mu_client *c, const char *target)
-{
-    downs d = {0, -1, 0};
-    if (mu_client_endpoints(c, target, count_down, &d) != MU_OK)
-        d.n = -1;
-    return d;
-}
-
 typedef struct want_n {
     mu_client *c;
     const char *target;
