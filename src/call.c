@@ -837,13 +837,18 @@ static void inflight_of(const call_t *o, uint64_t now, mu_inflight *out)
 /* In-flight age: tells health of each attempt on e unanswered past
  * mu_health_silent_after(), oldest first, until it ejects e. Returns the
  * wait until the next attempt passes that age (0: none in flight). */
+#define SILENT_RECHECK_US 100000u
+
 static uint64_t check_silent(mu_calls *m, mu_endpoint *e, uint64_t now, int *verdict)
 {
     uint64_t next = 0;
     for (call_t *o = e->lane.run_head; o; o = o->qnext) { /* at most max_per_host */
         uint64_t after = mu_health_silent_after(o->t->usual_us);
-        if (!after)
-            continue; /* no answer to this method yet: nothing to compare with */
+        if (!after) { /* no answer to this method yet: look again later */
+            if (!next || SILENT_RECHECK_US < next)
+                next = SILENT_RECHECK_US;
+            continue;
+        }
         if (o->launch_us + after > now) {
             uint64_t wait = o->launch_us + after - now;
             if (!next || wait < next)
