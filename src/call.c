@@ -762,8 +762,14 @@ static void describe(const call_t *k, const mu_endpoint *e, const mu_xfer_result
     }
     switch (st) {
     case MU_ETOOBIG:
-        mu_fmt(why, cap, "response from %s is over max_response_bytes (%zu)", e->key,
-               k->m->s.max_response);
+        if (res->too_big == 2)
+            mu_fmt(why, cap,
+                   "the responses being received hold over max_buffered_bytes in all: the one "
+                   "from %s was cut",
+                   e->key);
+        else
+            mu_fmt(why, cap, "response from %s is over max_response_bytes (%zu)", e->key,
+                   k->m->s.max_response);
         break;
     case MU_ECONNECT:
         mu_fmt(why, cap, "connect to %s failed: %s", e->key, err);

@@ -409,6 +409,7 @@ static mu_status make_modules(mu_client *c, const mu_config *cfg, mu_proto proto
         .max_connections = mu_config_long(cfg, "max_connections"),
         .connect_timeout_ms = mu_config_long(cfg, "connect_timeout_ms"),
         .max_response = (size_t)mu_config_long(cfg, "max_response_bytes"),
+        .max_buffered = (size_t)mu_config_long(cfg, "max_buffered_bytes"),
     };
     c->tp = mu_transport_new(c->base, &to);
     mu_health_opts ho = {
@@ -662,6 +663,7 @@ void mu_client_stats_get(const mu_client *c, mu_client_stats *st, size_t size)
     mu_client_stats all = c->stats;
     all.connections = mu_transport_connections_opened(c->tp);
     all.ejections = mu_health_ejections(c->health);
+    all.response_bytes_peak = mu_transport_buffered_peak(c->tp);
     memcpy(st, &all, size < sizeof all ? size : sizeof all);
 }
 

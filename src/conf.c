@@ -55,6 +55,10 @@ static const key_spec keys[] = {
      "attempts waiting for a connection to one provider; beyond it the call fails with "
      "MU_EOVERLOADED"},
     {"max_connections", "1024", K_INT, 1, 1000000, NULL, "connection cache size, all providers"},
+    {"max_buffered_bytes", "268435456", K_INT, 1024, 9223372036854775807L, NULL,
+     "response bytes being received by all calls of a client at once; past it a response that "
+     "is arriving and holds over 64 KiB and its fair share is cut (MU_ETOOBIG, a failure of "
+     "its provider's); smaller ones get through (at most 64 KiB more each)"},
     {"max_response_bytes", "67108864", K_INT, 1024, 2147483647L, NULL,
      "largest response accepted (also caps the LZ4 declared size)"},
     {"retry_budget_percent", "20", K_INT, 0, 1000, NULL,

@@ -45,6 +45,8 @@ struct mu_transport {
     uint64_t resends_refused;
     size_t running;
     size_t nxfers;
+    size_t buffered;      /* body bytes held by running transfers (max_buffered caps it) */
+    size_t buffered_peak;
 };
 
 struct mu_xfer {
@@ -53,6 +55,7 @@ struct mu_xfer {
     mu_buf body;          /* response body, reused across attempts */
     int running;
     int too_big;
+    size_t counted;       /* its part of t->buffered */
     int opened_socket;    /* this attempt created a socket */
     int attached;         /* curl gave the exchange a connection (on_curl_socket) */
     int first_reused;     /* ... one kept from an earlier exchange */
@@ -321,6 +324,15 @@ static void fill_result(mu_xfer *x, CURLcode code)
  * adds or removes handles and their queued messages. So every message is
  * consumed and its xfer detached from curl before the callback runs, and
  * nothing about the message or the xfer is touched after it. */
+#define SMALL_BODY (64u * 1024u)
+
+/* A transfer's body bytes leave the client-wide count when it ends. */
+static void uncount(mu_xfer *x)
+{
+    x->t->buffered -= x->counted;
+    x->counted = 0;
+}
+
 static void drain_done(mu_transport *t)
 {
     CURLMsg *m;
@@ -340,6 +352,7 @@ static void drain_done(mu_transport *t)
         curl_multi_remove_handle(t->multi, e);
         x->running = 0;
         t->running--;
+        uncount(x);
         mu_xfer_done_fn done = x->done;
         void *user = x->user;
         x->done = NULL;
@@ -504,15 +517,36 @@ static int on_sockopt(void *arg, curl_socket_t fd, curlsocktype purpose)
 static size_t on_write(char *p, size_t size, size_t nmemb, void *arg)
 {
     mu_xfer *x = arg;
+    mu_transport *t = x->t;
     size_t n = size * nmemb;
-    size_t max = x->t->opts.max_response;
+    size_t max = t->opts.max_response, all = t->opts.max_buffered;
     if (max && (n > max || x->body.len > max - n)) {
         x->too_big = 1;
         return 0; /* CURLE_WRITE_ERROR */
     }
+    /* Past the total, the transfer receiving is cut if it holds more than
+     * its fair share and more than SMALL_BODY: small answers (nearly all)
+     * always get through, so the total may pass the cap by at most
+     * SMALL_BODY per transfer. With endless bodies from one provider, the
+     * ones cut are its. */
+    size_t after = x->body.len + n;
+    if (all && (n > all || t->buffered > all - n) && after > SMALL_BODY &&
+        after > all / (t->running ? t->running : 1)) {
+        x->too_big = 2;
+        return 0;
+    }
     if (mu_buf_append(&x->body, p, n) != 0)
         return 0;
+    t->buffered += n;
+    x->counted += n;
+    if (t->buffered > t->buffered_peak)
+        t->buffered_peak = t->buffered;
     return n;
+}
+
+size_t mu_transport_buffered_peak(const mu_transport *t)
+{
+    return t ? t->buffered_peak : 0;
 }
 
 mu_xfer *mu_xfer_new(mu_transport *t)
@@ -649,6 +683,7 @@ void mu_xfer_cancel(mu_xfer *x)
     curl_multi_remove_handle(x->t->multi, x->easy);
     x->running = 0;
     x->t->running--;
+    uncount(x);
     x->done = NULL;
     x->user = NULL;
 }

@@ -27,9 +27,13 @@ typedef struct mu_transport_opts {
     long max_connections;       /* CURLMOPT_MAXCONNECTS (cache size); 0 = default 1024 */
     long connect_timeout_ms;    /* per attempt; 0 = curl default */
     size_t max_response;        /* body bytes before the transfer is aborted (too_big) */
+    size_t max_buffered;        /* body bytes of all transfers being received; 0 = no cap */
 } mu_transport_opts;
 
 typedef struct mu_transport mu_transport;
+
+/* The most body bytes running transfers held at once so far. */
+size_t mu_transport_buffered_peak(const mu_transport *t);
 typedef struct mu_xfer mu_xfer;
 
 /* What one finished exchange produced. Valid until the xfer is restarted or freed. */
@@ -38,7 +42,8 @@ typedef struct mu_xfer_result {
     long http_status;       /* 0 when no response line was received */
     int connected;          /* a TCP connection was established (or reused) */
     int sent;               /* request bytes reached the socket (CURLINFO_SIZE_UPLOAD_T > 0) */
-    int too_big;            /* aborted: body exceeded max_response */
+    int too_big;            /* aborted: body exceeded max_response (1) or, with the bodies
+                             * of every other transfer being received, max_buffered (2) */
     int reused;             /* the request went over a connection kept from an earlier exchange */
     int unsent;             /* provably never reached the provider's application: see below */
     int died_on_reuse;      /* a reused connection ended before any response byte (reset or EOF) */

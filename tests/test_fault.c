@@ -476,6 +476,45 @@ static void test_hedge_percentile(void **state)
         tb_provider_free(p[i]);
 }
 
+/* ------------------------------------------------------------ response memory */
+
+/* A provider that sends an endless body, next to two good ones: each of
+ * its responses may buffer max_response_bytes, and 8 such calls reached
+ * 443 MB. max_buffered_bytes bounds what all calls being received hold;
+ * the response cut counts as a failure of its provider's, so it is
+ * ejected, and the healthy calls go on. */
+static void test_endless_bodies(void **state)
+{
+    (void)state;
+    tb_provider *p[3] = {provider("endless", "--endless", NULL), provider("endless", NULL),
+                         provider("endless", NULL)};
+    for (int i = 0; i < 3; i++)
+        assert_non_null(p[i]);
+    mu_client *c = client(tu_config("policy", "round-robin", "max_response_bytes", "4194304",
+                                    "max_buffered_bytes", "8388608", NULL));
+    load l;
+    char bad[32];
+    snprintf(bad, sizeof bad, "127.0.0.1:%d", tb_provider_port(p[0]));
+    load_init(&l, c, "endless:echo", 2000, 64);
+    l.watch_ep = bad;
+    load_go(&l);
+    load_wait(&l, 60000);
+    mu_client_stats st;
+    mu_client_stats_get(c, &st, sizeof st);
+    fprintf(stderr, "  endless bodies: %d calls, %d failed (%d on the endless provider), %llu "
+            "ejections; response bytes held at most: %llu (cap 8388608)\n",
+            l.ended, l.failed, l.watch_hits, ejections(c), st.response_bytes_peak);
+    assert_true(st.response_bytes_peak <= 8388608 + 64 * 65536); /* small ones pass */
+    assert_true(st.response_bytes_peak > 4194304);
+    assert_true(ejections(c) >= 1);
+    assert_int_equal(l.failed, l.by_status[MU_ETOOBIG]);
+    assert_true((unsigned long long)l.failed <= 64 * ejections(c));
+    assert_int_equal(l.failed, l.watch_hits); /* no healthy answer was cut */
+    mu_client_free(c);
+    for (int i = 0; i < 3; i++)
+        tb_provider_free(p[i]);
+}
+
 /* ------------------------------------------------------------ last-known-good view */
 
 typedef struct stale_seen {
@@ -870,6 +909,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_consecutive_failures, setup, teardown),
         cmocka_unit_test_setup_teardown(test_max_ejected, setup, teardown),
         cmocka_unit_test_setup_teardown(test_retry_budget, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_endless_bodies, setup, teardown),
         cmocka_unit_test_setup_teardown(test_retry_backoff, setup, teardown),
         cmocka_unit_test_setup_teardown(test_rules_per_service, setup, teardown),
         cmocka_unit_test_setup_teardown(test_slow_start, setup, teardown),

@@ -375,6 +375,7 @@ typedef struct mu_client_stats {
     unsigned long long overloaded;       /**< mu_call()s refused with MU_EOVERLOADED */
     unsigned long long retries_denied;   /**< retries and hedges not made: the retry budget was spent */
     unsigned long long hedges;           /**< hedge attempts started (hedge_ms) */
+    unsigned long long response_bytes_peak; /**< most response bytes being received at once */
 } mu_client_stats;
 
 /**

@@ -5,7 +5,8 @@
  * (driven by zkloop) registers the provider nodes. Responses are built to be
  * byte-for-byte what the Python provider sends: Python json.dumps text,
  * pickled as CPython's _pickle.c does it, LZ4-compressed above 4096 bytes.
- * Fault switches (--delay-ms, --fail-rate, --hang, --drop-rate, --garbage,
+ * Fault switches (--delay-ms, --fail-rate, --hang, --endless (a chunked
+ * body that never ends), --drop-rate, --garbage,
  * --bad-znode, --dup) let the tests exercise the SDK's error paths.
  *
  * Network behaviours of real providers (docs/protocol.md §6):
@@ -112,6 +113,7 @@ static struct {
     long delay_ms;
     double fail_rate;
     int hang;
+    int endless; /* --endless: a 200 whose chunked body never ends */
     double drop_rate;
     int garbage;
     int bad_znode;
@@ -887,7 +889,7 @@ static int bind_args(const struct method *m, struct call *c)
 
 /* ------------------------------------------------------------ answers */
 
-enum { P_REPLY, P_DROP, P_HANG };
+enum { P_REPLY, P_DROP, P_HANG, P_ENDLESS };
 
 struct reply {
     int status;
@@ -956,7 +958,7 @@ static void on_conn_close(struct evhttp_connection *evcon, void *arg)
 {
     struct pend *p = arg;
     UNUSED(evcon);
-    int answerable = p->kind != P_HANG;
+    int answerable = p->kind != P_HANG && p->kind != P_ENDLESS;
     if (evhttp_request_get_connection(p->req) == NULL)
         evhttp_request_free(p->req);
     pend_free(p);
@@ -1060,9 +1062,32 @@ static void close_hung(void)
     struct pend *next;
     for (struct pend *p = g.pends; p; p = next) {
         next = p->next;
-        if (p->kind == P_HANG)
+        if (p->kind == P_HANG || p->kind == P_ENDLESS)
             hang_close(p);
     }
+}
+
+/* --endless: 64 KiB chunks for as long as the client reads, keeping at most
+ * 256 KiB queued in our output buffer. */
+static void on_endless_tick(evutil_socket_t fd, short what, void *arg)
+{
+    struct pend *p = arg;
+    UNUSED(fd);
+    UNUSED(what);
+    static char chunk[64 * 1024];
+    struct evhttp_connection *evcon = evhttp_request_get_connection(p->req);
+    if (!evcon)
+        return;
+    struct bufferevent *bev = evhttp_connection_get_bufferevent(evcon);
+    if (evbuffer_get_length(bufferevent_get_output(bev)) >= 256 * 1024)
+        return;
+    if (!chunk[0])
+        memset(chunk, 'x', sizeof chunk);
+    struct evbuffer *b = evbuffer_new();
+    if (!b || evbuffer_add(b, chunk, sizeof chunk) != 0)
+        die_oom();
+    evhttp_send_reply_chunk(p->req, b);
+    evbuffer_free(b);
 }
 
 static void deliver(struct evhttp_request *req, int kind, const struct reply *r)
@@ -1089,6 +1114,16 @@ static void deliver(struct evhttp_request *req, int kind, const struct reply *r)
         g.pends->prev = p;
     g.pends = p;
     evhttp_connection_set_closecb(evcon, on_conn_close, p);
+    if (kind == P_ENDLESS) {
+        evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type",
+                          "application/json-rpc");
+        evhttp_send_reply_start(req, 200, "OK");
+        static const struct timeval tick = {0, 1000};
+        p->ev = event_new(g.base, -1, EV_PERSIST, on_endless_tick, p);
+        if (!p->ev || event_add(p->ev, &tick) != 0)
+            die_oom();
+        return;
+    }
     if (kind == P_HANG) {
         evutil_socket_t fd = bufferevent_getfd(evhttp_connection_get_bufferevent(evcon));
         if (fd >= 0) {
@@ -1230,6 +1265,8 @@ static int route(const struct rq *q, struct reply *r)
     }
     if (opt.hang)
         return P_HANG;
+    if (opt.endless)
+        return P_ENDLESS;
     int kind = roll(opt.drop_rate) ? P_DROP : P_REPLY;
     int auth = opt.auth && !opt.garbage && !q->get ? auth_check(q->rid, q->tok) : AUTH_OK;
     if (opt.garbage) {
@@ -1278,11 +1315,11 @@ static void on_request(struct evhttp_request *req, void *arg)
     q.tok = evhttp_find_header(hdrs, "micro-auth-token");
     struct reply r;
     int kind = route(&q, &r);
-    if (kind != P_HANG) { /* a hanging request is never answered */
+    if (kind != P_HANG && kind != P_ENDLESS) { /* a hanging request is never answered */
         g.inflight++;
         evhttp_request_set_on_complete_cb(req, on_req_complete, NULL);
     }
-    deliver(req, kind, kind == P_HANG ? NULL : &r);
+    deliver(req, kind, kind == P_HANG || kind == P_ENDLESS ? NULL : &r);
 }
 
 /* ------------------------------------------------------------ raw server
@@ -1637,7 +1674,7 @@ static int rc_next(struct rconn *c)
     evbuffer_drain(c->in, total);
     int keep = h.minor == 1 ? !h.conn_close : h.conn_keep && !h.conn_close;
     c->close_after = !keep || opt.close_silently || g.stopping;
-    if (kind == P_HANG)
+    if (kind == P_HANG || kind == P_ENDLESS) /* --endless is evhttp's: raw hangs */
         c->state = RC_HANG;
     else if (r.delay_ms > 0)
         rc_delay(c, kind, &r);
@@ -2186,7 +2223,7 @@ static void usage(void)
     fputs("usage: mu-provider [--zk HOST:PORT[,..]] [--service NAME] [--port N] [--host ADDR]\n"
           "       [--variant 1.0.2|1.0.3|1.0.4|1.0.8]\n"
           "       [--layout per-method|per-service] [--path /json/] [--pickle 2|3|4|5]\n"
-          "       [--auth TOKEN] [--delay-ms N] [--fail-rate P] [--hang] [--drop-rate P]\n"
+          "       [--auth TOKEN] [--delay-ms N] [--fail-rate P] [--hang] [--endless] [--drop-rate P]\n"
           "       [--garbage] [--bad-znode empty|nonjson|noport|badport] [--dup N]\n"
           "       [--no-register] [--methods a,b,c] [--session-ms N]\n"
           "       [--listen-delay-ms N] [--split-writes] [--close-silently] [--close-after-us N]\n"
@@ -2270,7 +2307,7 @@ static void parse_methods(const char *list)
 
 enum {
     OP_ZK = 256, OP_SERVICE, OP_PORT, OP_HOST, OP_LAYOUT, OP_PATH, OP_PICKLE, OP_AUTH,
-    OP_DELAY, OP_FAIL, OP_HANG, OP_DROP, OP_GARBAGE, OP_BAD, OP_DUP, OP_NOREG,
+    OP_DELAY, OP_FAIL, OP_HANG, OP_ENDLESS, OP_DROP, OP_GARBAGE, OP_BAD, OP_DUP, OP_NOREG,
     OP_METHODS, OP_SESSION, OP_VARIANT, OP_LDELAY, OP_SPLIT, OP_CLOSE, OP_CLOSE_US, OP_WORKERS, OP_RAW, OP_STALL, OP_STALL_EVERY, OP_HELP
 };
 
@@ -2319,6 +2356,7 @@ static void parse_opt(int c, const char *arg, struct given *gv)
     case OP_DELAY: opt.delay_ms = parse_long(arg, "delay", 0, 3600000); break;
     case OP_FAIL: opt.fail_rate = parse_rate(arg, "fail rate"); break;
     case OP_HANG: opt.hang = 1; break;
+    case OP_ENDLESS: opt.endless = 1; break;
     case OP_DROP: opt.drop_rate = parse_rate(arg, "drop rate"); break;
     case OP_GARBAGE: opt.garbage = 1; break;
     case OP_BAD: opt.bad_znode = parse_bad_znode(arg); break;
@@ -2379,6 +2417,7 @@ static void parse_args(int argc, char **argv)
         {"delay-ms", required_argument, NULL, OP_DELAY},
         {"fail-rate", required_argument, NULL, OP_FAIL},
         {"hang", no_argument, NULL, OP_HANG},
+        {"endless", no_argument, NULL, OP_ENDLESS},
         {"drop-rate", required_argument, NULL, OP_DROP},
         {"garbage", no_argument, NULL, OP_GARBAGE},
         {"bad-znode", required_argument, NULL, OP_BAD},
