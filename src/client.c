@@ -280,6 +280,31 @@ static mu_call_settings call_settings(const mu_client *c, const mu_config *cfg, 
 
 /* ---------------------------------------------------------------- targets */
 
+/* Well-formed UTF-8 (no overlong forms, surrogates or code points past
+ * U+10FFFF): a target goes into the JSON request and the ZooKeeper path as
+ * is. */
+static int utf8_ok(const unsigned char *s, size_t n)
+{
+    for (size_t i = 0; i < n;) {
+        unsigned char c = s[i];
+        size_t len = c < 0x80 ? 1 : (c & 0xe0) == 0xc0 ? 2 : (c & 0xf0) == 0xe0 ? 3
+                                  : (c & 0xf8) == 0xf0 ? 4 : 0;
+        if (!len || i + len > n)
+            return 0;
+        uint32_t cp = len == 1 ? c : (uint32_t)(c & (0x7f >> len));
+        for (size_t k = 1; k < len; k++) {
+            if ((s[i + k] & 0xc0) != 0x80)
+                return 0;
+            cp = cp << 6 | (s[i + k] & 0x3f);
+        }
+        static const uint32_t min[] = {0, 0, 0x80, 0x800, 0x10000};
+        if (cp < min[len] || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
+            return 0;
+        i += len;
+    }
+    return 1;
+}
+
 static int valid_part(const char *s, size_t n)
 {
     if (n == 0 || (n == 1 && s[0] == '.') || (n == 2 && s[0] == '.' && s[1] == '.'))
@@ -297,6 +322,18 @@ static int split_target(mu_client *c, const char *target, char *svc, size_t cap,
 {
     const char *colon = strchr(target, ':');
     size_t tl = strlen(target);
+    if (tl > 512) {
+        mu_fmt(c->errmsg, sizeof c->errmsg,
+               "bad target '%.60s...': %zu bytes long, over the 512 allowed", target, tl);
+        return -1;
+    }
+    if (!utf8_ok((const unsigned char *)target, tl)) {
+        mu_fmt(c->errmsg, sizeof c->errmsg,
+               "bad target (%zu bytes): not valid UTF-8; service and method names are sent "
+               "in the JSON request and the ZooKeeper path as they are",
+               tl);
+        return -1;
+    }
     if (!colon || strchr(colon + 1, ':') || !valid_part(target, (size_t)(colon - target)) ||
         !valid_part(colon + 1, tl - (size_t)(colon - target) - 1) || tl > 512) {
         mu_fmt(c->errmsg, sizeof c->errmsg,

@@ -243,6 +243,27 @@ static int check_hostport(const char *item, size_t len, void *user)
     return -1;
 }
 
+/* An absolute ZooKeeper path that names a node: ZooKeeper refuses empty,
+ * "." and ".." parts and control characters; spaces would break the
+ * registry paths the client builds from it. */
+static int zk_path_ok(const char *v)
+{
+    size_t n = strlen(v);
+    if (v[0] != '/' || n < 2 || v[n - 1] == '/' || n > 200)
+        return 0;
+    for (const char *part = v + 1; *part;) {
+        size_t len = strcspn(part, "/");
+        if (len == 0 || (len == 1 && part[0] == '.') ||
+            (len == 2 && part[0] == '.' && part[1] == '.'))
+            return 0;
+        for (size_t i = 0; i < len; i++)
+            if ((unsigned char)part[i] <= ' ' || part[i] == 0x7f)
+                return 0;
+        part += len + (part[len] == '/');
+    }
+    return 1;
+}
+
 static int check_value(mu_config *cfg, const char *key, enum kind kind, long min, long max,
                        const char *choices, const char *v)
 {
@@ -251,9 +272,11 @@ static int check_value(mu_config *cfg, const char *key, enum kind kind, long min
     case K_LIST:
         return 0;
     case K_PATH:
-        if (v[0] != '/' || v[strlen(v) - 1] == '/' || strlen(v) > 200) {
+        if (!zk_path_ok(v)) {
             mu_fmt(cfg->error, sizeof cfg->error,
-                   "%s = '%s': expected an absolute path without a trailing slash, like /dubbo",
+                   "%s = '%.200s': expected an absolute path without a trailing slash, like "
+                   "/dubbo, under 200 bytes, whose parts are ZooKeeper node names (not empty, "
+                   "'.' or '..', no control characters or spaces)",
                    key, v);
             return -1;
         }
@@ -451,6 +474,61 @@ static char *trim(char *s)
     return s;
 }
 
+#define LINE_MAX_BYTES 4094
+
+/* One "key = value" line, comments and quotes removed in place: a '#' at
+ * the start or after a blank begins a comment ("abc#def" is a value); a
+ * value in double quotes keeps everything, '#' and blanks included, with
+ * \" and \\ for a quote and a backslash. NULL with why set if malformed;
+ * *key "" for a blank or comment line. */
+static char *split_line(char *line, char **key, const char **why)
+{
+    char *s = line;
+    while (isspace((unsigned char)*s))
+        s++;
+    *key = s;
+    if (!*s || *s == '#') {
+        **key = '\0';
+        return s;
+    }
+    char *eq = strchr(s, '=');
+    if (!eq) {
+        *why = "expected 'key = value'";
+        return NULL;
+    }
+    *eq = '\0';
+    *key = trim(s);
+    char *v = eq + 1;
+    while (isspace((unsigned char)*v))
+        v++;
+    if (*v == '"') { /* quoted: to the closing quote, then only a comment */
+        char *out = v, *in = v + 1;
+        for (; *in && *in != '"'; in++) {
+            if (*in == '\\' && (in[1] == '"' || in[1] == '\\'))
+                in++;
+            *out++ = *in;
+        }
+        if (*in != '"') {
+            *why = "a quoted value without its closing quote";
+            return NULL;
+        }
+        *out = '\0';
+        for (in++; isspace((unsigned char)*in); in++)
+            ;
+        if (*in && *in != '#') {
+            *why = "text after the closing quote";
+            return NULL;
+        }
+        return v;
+    }
+    for (char *c = v; *c; c++)
+        if (*c == '#' && (c == v || isspace((unsigned char)c[-1]))) {
+            *c = '\0';
+            break;
+        }
+    return trim(v);
+}
+
 mu_status mu_config_load_file(mu_config *cfg, const char *path)
 {
     if (!cfg || !path)
@@ -460,40 +538,31 @@ mu_status mu_config_load_file(mu_config *cfg, const char *path)
         mu_fmt(cfg->error, sizeof cfg->error, "%s: cannot open: %s", path, strerror(errno));
         return MU_ECONFIG;
     }
-    char line[4096];
+    char *line = NULL;
+    size_t cap = 0;
+    ssize_t n;
     int lineno = 0;
     mu_status st = MU_OK;
-    while (fgets(line, sizeof line, f)) {
+    while (st == MU_OK && (n = getline(&line, &cap, f)) > 0) {
         lineno++;
-        if (!strchr(line, '\n') && !feof(f)) {
-            mu_fmt(cfg->error, sizeof cfg->error, "%s:%d: line longer than %zu bytes", path, lineno,
-                   sizeof line - 2);
-            st = MU_ECONFIG;
-            break;
-        }
-        char *hash = strchr(line, '#');
-        if (hash)
-            *hash = '\0';
-        char *s = trim(line);
-        if (!*s)
-            continue;
-        char *eq = strchr(s, '=');
-        if (!eq) {
-            mu_fmt(cfg->error, sizeof cfg->error, "%s:%d: expected 'key = value', got '%.200s'", path,
-                   lineno, s);
-            st = MU_ECONFIG;
-            break;
-        }
-        *eq = '\0';
-        char *k = trim(s), *v = trim(eq + 1);
-        st = mu_config_set(cfg, k, v);
-        if (st != MU_OK) {
-            char why[sizeof cfg->error];
-            memcpy(why, cfg->error, sizeof why);
+        const char *why = NULL;
+        char *k = NULL, *v = NULL;
+        if ((size_t)n > LINE_MAX_BYTES + 1)
+            why = "line longer than 4094 bytes";
+        else if (strlen(line) != (size_t)n)
+            why = "a NUL byte in the line";
+        else
+            v = split_line(line, &k, &why);
+        if (why) {
             mu_fmt(cfg->error, sizeof cfg->error, "%s:%d: %s", path, lineno, why);
-            break;
+            st = MU_ECONFIG;
+        } else if (*k && (st = mu_config_set(cfg, k, v)) != MU_OK) {
+            char msg[sizeof cfg->error];
+            memcpy(msg, cfg->error, sizeof msg);
+            mu_fmt(cfg->error, sizeof cfg->error, "%s:%d: %s", path, lineno, msg);
         }
     }
+    free(line);
     fclose(f);
     return st;
 }

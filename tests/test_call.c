@@ -803,6 +803,23 @@ static void test_misuse(void **state)
         assert_int_equal(mu_call(c, bad_targets[i], NULL, NULL, NULL, tu_record, &o, NULL), MU_EINVAL);
         assert_non_null(strstr(mu_client_errmsg(c), "SERVICE:METHOD"));
     }
+    /* Each refusal says what is wrong with this target. */
+    char big[10240];
+    memset(big, 'a', sizeof big - 1);
+    big[sizeof big - 1] = '\0';
+    big[5] = ':';
+    assert_int_equal(mu_call(c, big, NULL, NULL, NULL, tu_record, &o, NULL), MU_EINVAL);
+    assert_non_null(strstr(mu_client_errmsg(c), "10239 bytes long, over the 512 allowed"));
+    static const char *const not_utf8[] = {"s:m\xff", "s:\xc0\xaf", "s\xed\xa0\x80:m",
+                                           "s:caf\xc3"};
+    for (size_t i = 0; i < sizeof not_utf8 / sizeof not_utf8[0]; i++) {
+        assert_int_equal(mu_call(c, not_utf8[i], NULL, NULL, NULL, tu_record, &o, NULL), MU_EINVAL);
+        assert_non_null(strstr(mu_client_errmsg(c), "not valid UTF-8"));
+    }
+    tu_outcome fine = {0}; /* UTF-8 names are fine: this call is made */
+    assert_int_equal(mu_call(c, "caf\xc3\xa9:m\xe2\x82\xac", NULL, NULL, NULL, tu_record, &fine,
+                             NULL),
+                     MU_OK);
     assert_int_equal(mu_call(c, "s:m", "{}", NULL, NULL, tu_record, &o, NULL), MU_EINVAL);
     assert_non_null(strstr(mu_client_errmsg(c), "args must be a JSON array"));
     assert_int_equal(mu_call(c, "s:m", "[1,", NULL, NULL, tu_record, &o, NULL), MU_EINVAL);

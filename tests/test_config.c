@@ -75,6 +75,10 @@ static void test_bad_values_name_key_value_and_allowed(void **state)
         {"retries.a:b", "1", "expected retries.SERVICE"},
         {"zk_hosts.svc", "h:1", "unknown key 'zk_hosts.svc'"},
         {"zk_root", "/", "absolute path without a trailing slash"},
+        {"zk_root", "/a//b", "ZooKeeper node names"},
+        {"zk_root", "/a/../b", "ZooKeeper node names"},
+        {"zk_root", "/a b", "ZooKeeper node names"},
+        {"zk_root", "/a\tb", "ZooKeeper node names"},
         {"path", "json/", "starting with '/'"},
         {"path", "/a b/", "without spaces"},
     };
@@ -126,6 +130,31 @@ static void test_file(void **state)
     p = write_tmp("policy random\n");
     assert_int_equal(mu_config_load_file(c, p), MU_ECONFIG);
     assert_non_null(strstr(mu_config_error(c), ":1: expected 'key = value'"));
+    unlink(p);
+
+    /* '#' begins a comment only at the start or after a blank; quotes keep
+     * everything. Nothing is silently cut. */
+    p = write_tmp("auth_token = abc#def\nzk_root = /micro # the root\n");
+    assert_int_equal(mu_config_load_file(c, p), MU_OK);
+    assert_string_equal(mu_config_get(c, "auth_token"), "abc#def");
+    assert_string_equal(mu_config_get(c, "zk_root"), "/micro");
+    unlink(p);
+    p = write_tmp("auth_token = \"a #b \\\"c\\\" \\\\\"  # comment\n");
+    assert_int_equal(mu_config_load_file(c, p), MU_OK);
+    assert_string_equal(mu_config_get(c, "auth_token"), "a #b \"c\" \\");
+    unlink(p);
+    p = write_tmp("auth_token = \"open\n");
+    assert_int_equal(mu_config_load_file(c, p), MU_ECONFIG);
+    assert_non_null(strstr(mu_config_error(c), ":1: a quoted value without its closing quote"));
+    unlink(p);
+    static const char nul[] = "policy = random\nauth_token = a\0b\n";
+    p = write_tmp("");
+    FILE *f = fopen(p, "w");
+    assert_non_null(f);
+    assert_int_equal(fwrite(nul, 1, sizeof nul - 1, f), sizeof nul - 1);
+    fclose(f);
+    assert_int_equal(mu_config_load_file(c, p), MU_ECONFIG);
+    assert_non_null(strstr(mu_config_error(c), ":2: a NUL byte in the line"));
     unlink(p);
 
     assert_int_equal(mu_config_load_file(c, "/nonexistent/mu.conf"), MU_ECONFIG);

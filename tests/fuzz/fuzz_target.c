@@ -9,7 +9,7 @@
  *
  * Invariants: every entry point accepts exactly the targets the rule in
  * docs/protocol.md §1 allows (one ':', both parts non-empty znode names
- * without blanks, control characters or '/'; at most 512 bytes, a service
+ * without blanks, control characters or '/', in well-formed UTF-8; at most 512 bytes, a service
  * under 256), and gives a message when it refuses; "micro:..." has its one
  * endpoint, any other service none; a call accepted fires its callback exactly once (when the
  * client is freed, as no loop runs), a refused one never; nothing leaks. */
@@ -33,6 +33,47 @@ static int part_ok(const char *s, size_t n)
     return 1;
 }
 
+/* UTF-8 by the table of well-formed byte sequences (Unicode 15, table
+ * 3-7), written independently of client.c's decoder. */
+static int wellformed_utf8(const unsigned char *s, size_t n)
+{
+    size_t i = 0;
+    while (i < n) {
+        unsigned char a = s[i];
+        unsigned char lo = 0x80, hi = 0xbf;
+        size_t more;
+        if (a <= 0x7f) {
+            i++;
+            continue;
+        } else if (a >= 0xc2 && a <= 0xdf) {
+            more = 1;
+        } else if (a >= 0xe0 && a <= 0xef) {
+            more = 2;
+            if (a == 0xe0)
+                lo = 0xa0;
+            if (a == 0xed)
+                hi = 0x9f;
+        } else if (a >= 0xf0 && a <= 0xf4) {
+            more = 3;
+            if (a == 0xf0)
+                lo = 0x90;
+            if (a == 0xf4)
+                hi = 0x8f;
+        } else {
+            return 0;
+        }
+        if (i + more >= n) /* the sequence runs past the end */
+            return 0;
+        if (s[i + 1] < lo || s[i + 1] > hi)
+            return 0;
+        for (size_t k = 2; k <= more; k++)
+            if (s[i + k] < 0x80 || s[i + k] > 0xbf)
+                return 0;
+        i += more + 1;
+    }
+    return 1;
+}
+
 /* The rule, written independently of client.c. */
 static int target_ok(const char *t)
 {
@@ -42,7 +83,8 @@ static int target_ok(const char *t)
             colons++;
             at = i;
         }
-    return colons == 1 && len <= 512 && at < 256 && part_ok(t, at) &&
+    return colons == 1 && len <= 512 && at < 256 && wellformed_utf8((const unsigned char *)t, len) &&
+           part_ok(t, at) &&
            part_ok(t + at + 1, len - at - 1);
 }
 
