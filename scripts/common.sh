@@ -9,6 +9,7 @@ MU_DEB_PACKAGES=(
     libevent-dev libcurl4-openssl-dev libyajl-dev libcmocka-dev
     libzookeeper-st-dev liblz4-dev libssl-dev
     zookeeper
+    openssl
 )
 
 mu_log() { printf '==> %s\n' "$*" >&2; }

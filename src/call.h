@@ -54,6 +54,7 @@ typedef struct mu_svc_opts {
     int hedge_ms;       /* 0: no hedging (unless hedge_pm) */
     int hedge_pm;       /* hedge = pNN: the percentile, per mille; 0: hedge_ms alone */
     int slow_start_ms;  /* 0: none */
+    int tls;            /* its providers are called over HTTPS */
     mu_eject_rules eject;
 } mu_svc_opts;
 

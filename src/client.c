@@ -52,6 +52,8 @@ struct mu_client {
     char root[256];
     int per_service;
     mu_svc_opts defaults;    /* the global values of the per-service keys */
+    int tls_verify;          /* tls_verify = on */
+    int tls_warned;          /* the tls_verify = off warning was logged */
     char *auth_token;       /* lent to the call layer */
     mu_map idempotent;      /* "svc:method" / "svc:*" -> (void *)1 */
     mu_map svc_opts;        /* svc -> mu_svc_opts (owned): services with KEY.SERVICE keys */
@@ -193,6 +195,8 @@ static void set_svc_opt(mu_svc_opts *o, const char *key, const char *value)
         o->hedge_ms = v;
     else if (strcmp(key, "hedge") == 0)
         o->hedge_pm = *value ? mu_parse_percentile(value) : 0;
+    else if (strcmp(key, "tls") == 0)
+        o->tls = strcmp(value, "on") == 0;
     else if (strcmp(key, "slow_start_ms") == 0)
         o->slow_start_ms = v;
     else if (strcmp(key, "eject_ms") == 0)
@@ -223,7 +227,7 @@ static void add_override(const char *key, const char *svc, const char *value, vo
 static void apply_svc_opts(mu_client *c, const mu_config *cfg)
 {
     static const char *const keys[] = {
-        "policy", "timeout_ms", "deadline_ms", "retries", "hedge_ms", "hedge", "slow_start_ms",
+        "policy", "timeout_ms", "deadline_ms", "retries", "hedge_ms", "hedge", "slow_start_ms", "tls",
         "eject_ms", "eject_max_ms", "eject_after_failures", "max_ejected_percent",
     };
     for (size_t i = 0; i < MU_ARRAY_LEN(keys); i++)
@@ -403,10 +407,19 @@ static mu_target *resolve(mu_client *c, const char *target, mu_status *st)
         mu_fmt(path, sizeof path, "%s/%s/provider", c->root, svc);
     else
         mu_fmt(path, sizeof path, "%s/%s/%s/provider", c->root, svc, target + split + 1);
+    const mu_svc_opts *so = mu_map_get(&c->svc_opts, svc);
+    if (!so)
+        so = &c->defaults;
     int fresh = mu_view_group(c->view, path, 0) == NULL;
     mu_group *g = mu_view_group(c->view, path, 1);
-    if (g && fresh)
+    if (g && fresh) {
+        g->tls = so->tls;
+        if (so->tls && !c->tls_verify && !c->tls_warned++)
+            mu_log(&c->log, MU_LOG_WARN,
+                   "tls_verify = off: providers' certificates and host names are NOT checked "
+                   "(anyone on the path can read and change the calls)");
         load_group(c, g, hosts); /* loading, even if the target cannot be kept */
+    }
     t = calloc(1, sizeof *t);
     if (!g || !t || mu_map_put(&c->targets, target, t)) {
         free(t);
@@ -418,8 +431,7 @@ static mu_target *resolve(mu_client *c, const char *target, mu_status *st)
     t->split = split;
     mu_fmt(wild, sizeof wild, "%s:*", svc);
     t->idempotent = mu_map_get(&c->idempotent, target) || mu_map_get(&c->idempotent, wild);
-    const mu_svc_opts *so = mu_map_get(&c->svc_opts, svc);
-    t->o = so ? so : &c->defaults;
+    t->o = so;
     mu_pool_set_slow_start(g->pool, (uint64_t)t->o->slow_start_ms * 1000u);
     return t;
 }
@@ -447,7 +459,10 @@ static mu_status make_modules(mu_client *c, const mu_config *cfg, mu_proto proto
         .connect_timeout_ms = mu_config_long(cfg, "connect_timeout_ms"),
         .max_response = (size_t)mu_config_long(cfg, "max_response_bytes"),
         .max_buffered = (size_t)mu_config_long(cfg, "max_buffered_bytes"),
+        .tls_ca_file = mu_config_str(cfg, "tls_ca_file"),
+        .tls_verify = strcmp(mu_config_str(cfg, "tls_verify"), "on") == 0,
     };
+    c->tls_verify = to.tls_verify;
     c->tp = mu_transport_new(c->base, &to);
     mu_health_opts ho = {
         .stall_ms = (int)mu_config_long(cfg, "keepalive_stall_ms"),

@@ -102,6 +102,13 @@ static const key_spec keys[] = {
     {"empty_protection", "off", K_ENUM, 0, 0, "off|on",
      "per-method layout: a method's provider list that becomes empty while other methods of "
      "the same service still have providers is ignored; the last non-empty one is kept"},
+    {"tls", "off", K_ENUM, 0, 0, "off|on",
+     "on: call the providers over HTTPS (tls.SERVICE for one service), verified against "
+     "tls_ca_file or the system's CAs"},
+    {"tls_ca_file", "", K_STR, 0, 0, NULL,
+     "PEM file of the CAs that sign the providers' certificates; empty: the system's"},
+    {"tls_verify", "on", K_ENUM, 0, 0, "on|off",
+     "off: accept any certificate and host name (logged as a warning; for tests only)"},
     {"log_level", "warn", K_ENUM, 0, 0, "error|warn|info|debug", "default log sink level"},
 };
 
@@ -110,7 +117,7 @@ static const key_spec keys[] = {
 /* Keys of the table that may also be set for one service, as
  * "KEY.SERVICE": the value is checked as KEY's. */
 static const char *const per_service[] = {
-    "policy", "timeout_ms", "deadline_ms", "retries", "hedge_ms", "hedge", "slow_start_ms",
+    "policy", "timeout_ms", "deadline_ms", "retries", "hedge_ms", "hedge", "slow_start_ms", "tls",
     "eject_ms", "eject_max_ms", "eject_after_failures", "max_ejected_percent",
 };
 

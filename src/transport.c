@@ -46,6 +46,7 @@ struct mu_transport {
     size_t running;
     size_t nxfers;
     size_t buffered;      /* body bytes held by running transfers (max_buffered caps it) */
+    char *ca_file;        /* opts.tls_ca_file, copied; NULL: the system's */
     size_t buffered_peak;
 };
 
@@ -383,6 +384,11 @@ mu_transport *mu_transport_new(struct event_base *base, const mu_transport_opts 
         t->opts.max_connections = MU_DEFAULT_MAX_CONNECTIONS;
     if (t->opts.max_host_connections < 0)
         t->opts.max_host_connections = 0;
+    t->opts.tls_ca_file = NULL; /* borrowed: the copy is ca_file */
+    if (opts && opts->tls_ca_file && *opts->tls_ca_file && !(t->ca_file = strdup(opts->tls_ca_file))) {
+        free(t);
+        return NULL;
+    }
 
     t->timer = evtimer_new(base, on_timer, t);
     t->multi = curl_multi_init();
@@ -406,6 +412,7 @@ fail:
         curl_multi_cleanup(t->multi);
     if (t->timer)
         event_free(t->timer);
+    free(t->ca_file);
     free(t);
     return NULL;
 }
@@ -423,6 +430,7 @@ void mu_transport_free(mu_transport *t)
     for (size_t i = 0; i < t->nconns; i++)
         free(t->conns[i].url);
     free(t->conns);
+    free(t->ca_file);
     event_free(t->timer);
     free(t);
 }
@@ -572,10 +580,10 @@ mu_xfer *mu_xfer_new(mu_transport *t)
     if (!rc) rc = curl_easy_setopt(e, CURLOPT_PROXY, "");
     if (!rc) rc = curl_easy_setopt(e, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_1_1);
 #if LIBCURL_VERSION_NUM >= 0x075500 /* 7.85.0 */
-    if (!rc) rc = curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http");
+    if (!rc) rc = curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
     if (!rc) rc = curl_easy_setopt(e, CURLOPT_REDIR_PROTOCOLS_STR, "http");
 #else
-    if (!rc) rc = curl_easy_setopt(e, CURLOPT_PROTOCOLS, (long)CURLPROTO_HTTP);
+    if (!rc) rc = curl_easy_setopt(e, CURLOPT_PROTOCOLS, (long)(CURLPROTO_HTTP | CURLPROTO_HTTPS));
     if (!rc) rc = curl_easy_setopt(e, CURLOPT_REDIR_PROTOCOLS, (long)CURLPROTO_HTTP);
 #endif
 #if LIBCURL_VERSION_NUM >= 0x075700 /* 7.87.0 */
@@ -587,6 +595,11 @@ mu_xfer *mu_xfer_new(mu_transport *t)
     if (!rc) rc = curl_easy_setopt(e, CURLOPT_QUICK_EXIT, 1L);
 #endif
     if (!rc) rc = curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L);
+    /* https providers (tls): verified unless tls_verify = off. */
+    if (!rc && t->ca_file)
+        rc = curl_easy_setopt(e, CURLOPT_CAINFO, t->ca_file);
+    if (!rc) rc = curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, t->opts.tls_verify ? 1L : 0L);
+    if (!rc) rc = curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, t->opts.tls_verify ? 2L : 0L);
     if (!rc) rc = curl_easy_setopt(e, CURLOPT_FORBID_REUSE, 0L);
     if (!rc) rc = curl_easy_setopt(e, CURLOPT_FRESH_CONNECT, 0L);
     if (!rc) rc = curl_easy_setopt(e, CURLOPT_POST, 1L);

@@ -28,6 +28,8 @@ typedef struct mu_transport_opts {
     long connect_timeout_ms;    /* per attempt; 0 = curl default */
     size_t max_response;        /* body bytes before the transfer is aborted (too_big) */
     size_t max_buffered;        /* body bytes of all transfers being received; 0 = no cap */
+    const char *tls_ca_file;    /* https: CA bundle (copied); "" or NULL: the system's */
+    int tls_verify;             /* https: check the certificate and host name */
 } mu_transport_opts;
 
 typedef struct mu_transport mu_transport;

@@ -42,7 +42,10 @@ mu_view *mu_view_new(const char *url_path, const mu_logger *log, mu_client_stats
 
 /* ---------------------------------------------------------------- endpoints */
 
-static mu_endpoint *endpoint_ref(mu_view *v, const char *host, int port, uint64_t joined_us)
+/* The endpoint for host:port, made if new. Its URL's scheme is that of the
+ * group that named it first (a host:port is one endpoint, whichever
+ * services list it). */
+static mu_endpoint *endpoint_ref(mu_view *v, const char *host, int port, uint64_t joined_us, int tls)
 {
     char key[sizeof(((mu_endpoint *)0)->key)];
     mu_fmt(key, sizeof key, "%s:%d", host, port);
@@ -58,14 +61,14 @@ static mu_endpoint *endpoint_ref(mu_view *v, const char *host, int port, uint64_
         memcpy(e->key, key, sizeof key);
         mu_fmt(e->host, sizeof e->host, "%s", host);
         e->port = port;
-        size_t ul = strlen(key) + strlen(v->url_path) + 8;
+        size_t ul = strlen(key) + strlen(v->url_path) + 9; /* "https://", NUL */
         e->url = malloc(ul);
         if (!e->url || mu_map_put(&v->endpoints, key, e) != 0) {
             free(e->url);
             free(e);
             return NULL;
         }
-        snprintf(e->url, ul, "http://%s%s", key, v->url_path);
+        snprintf(e->url, ul, "%s://%s%s", tls ? "https" : "http", key, v->url_path);
     }
     e->refs++;
     return e;
@@ -383,8 +386,8 @@ void mu_view_child_data(mu_view *v, mu_group *g, const char *name, const char *d
         char host[64], why[160] = "out of memory";
         int port;
         if (mu_parse_child_data(data, len, host, sizeof host, &port, why, sizeof why) == 0 &&
-            (z->ep = endpoint_ref(v, host, port,
-                                  g->state == MU_GROUP_LOADING ? 0 : mu_now_us())) != NULL) {
+            (z->ep = endpoint_ref(v, host, port, g->state == MU_GROUP_LOADING ? 0 : mu_now_us(),
+                                  g->tls)) != NULL) {
             z->state = Z_OK;
         } else {
             z->state = Z_BAD;
@@ -444,7 +447,8 @@ static int add_static(const char *item, size_t len, void *user)
     if (mu_map_get(&sf->g->znodes, key))
         return 0;
     struct znode *z = calloc(1, sizeof *z);
-    if (z && (z->ep = endpoint_ref(sf->v, host, port, 0)) && mu_map_put(&sf->g->znodes, key, z) == 0) {
+    if (z && (z->ep = endpoint_ref(sf->v, host, port, 0, sf->g->tls)) &&
+        mu_map_put(&sf->g->znodes, key, z) == 0) {
         z->state = Z_OK;
         return 0;
     }

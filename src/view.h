@@ -37,6 +37,7 @@ typedef struct mu_group {
     mu_group_state state;
     int is_static;
     int stale;             /* its endpoints come from snapshot_file, not (yet) from ZooKeeper */
+    int tls;               /* set before loading: its endpoints are called over HTTPS */
     mu_pool *pool;         /* the current endpoints */
     mu_map znodes;         /* child name -> struct znode (view.c) */
     char **latest;         /* the last child list, applied when fetching == 0 */

@@ -64,6 +64,8 @@
 #define _GNU_SOURCE /* accept4, pipe2 */
 #include "zkloop.h"
 
+#include <event2/bufferevent_ssl.h>
+#include <openssl/ssl.h>
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
 #include <event2/event.h>
@@ -114,6 +116,7 @@ static struct {
     double fail_rate;
     int hang;
     int endless; /* --endless: a 200 whose chunked body never ends */
+    const char *tls_cert, *tls_key; /* --tls-cert/--tls-key: serve HTTPS (evhttp mode) */
     double drop_rate;
     int garbage;
     int bad_znode;
@@ -2224,6 +2227,7 @@ static void usage(void)
           "       [--variant 1.0.2|1.0.3|1.0.4|1.0.8]\n"
           "       [--layout per-method|per-service] [--path /json/] [--pickle 2|3|4|5]\n"
           "       [--auth TOKEN] [--delay-ms N] [--fail-rate P] [--hang] [--endless] [--drop-rate P]\n"
+          "       [--tls-cert PEM --tls-key PEM]\n"
           "       [--garbage] [--bad-znode empty|nonjson|noport|badport] [--dup N]\n"
           "       [--no-register] [--methods a,b,c] [--session-ms N]\n"
           "       [--listen-delay-ms N] [--split-writes] [--close-silently] [--close-after-us N]\n"
@@ -2308,7 +2312,7 @@ static void parse_methods(const char *list)
 enum {
     OP_ZK = 256, OP_SERVICE, OP_PORT, OP_HOST, OP_LAYOUT, OP_PATH, OP_PICKLE, OP_AUTH,
     OP_DELAY, OP_FAIL, OP_HANG, OP_ENDLESS, OP_DROP, OP_GARBAGE, OP_BAD, OP_DUP, OP_NOREG,
-    OP_METHODS, OP_SESSION, OP_VARIANT, OP_LDELAY, OP_SPLIT, OP_CLOSE, OP_CLOSE_US, OP_WORKERS, OP_RAW, OP_STALL, OP_STALL_EVERY, OP_HELP
+    OP_METHODS, OP_SESSION, OP_VARIANT, OP_LDELAY, OP_SPLIT, OP_CLOSE, OP_CLOSE_US, OP_WORKERS, OP_RAW, OP_STALL, OP_STALL_EVERY, OP_TLS_CERT, OP_TLS_KEY, OP_HELP
 };
 
 /* What was given explicitly: it wins over --variant. */
@@ -2357,6 +2361,8 @@ static void parse_opt(int c, const char *arg, struct given *gv)
     case OP_FAIL: opt.fail_rate = parse_rate(arg, "fail rate"); break;
     case OP_HANG: opt.hang = 1; break;
     case OP_ENDLESS: opt.endless = 1; break;
+    case OP_TLS_CERT: opt.tls_cert = arg; break;
+    case OP_TLS_KEY: opt.tls_key = arg; break;
     case OP_DROP: opt.drop_rate = parse_rate(arg, "drop rate"); break;
     case OP_GARBAGE: opt.garbage = 1; break;
     case OP_BAD: opt.bad_znode = parse_bad_znode(arg); break;
@@ -2434,6 +2440,8 @@ static void parse_args(int argc, char **argv)
         {"close-silently", no_argument, NULL, OP_CLOSE},
         {"close-after-us", required_argument, NULL, OP_CLOSE_US},
         {"workers", required_argument, NULL, OP_WORKERS},
+        {"tls-cert", required_argument, NULL, OP_TLS_CERT},
+        {"tls-key", required_argument, NULL, OP_TLS_KEY},
         {"help", no_argument, NULL, OP_HELP},
         {NULL, 0, NULL, 0},
     };
@@ -2513,6 +2521,35 @@ static void start_zk(void)
     }
 }
 
+/* --tls-cert/--tls-key: every connection evhttp accepts is a TLS server
+ * connection (libevent's OpenSSL bufferevents). */
+static SSL_CTX *g_tls_ctx; /* freed at exit */
+static struct bufferevent *tls_bev(struct event_base *base, void *arg)
+{
+    SSL *ssl = SSL_new(arg);
+    return ssl ? bufferevent_openssl_socket_new(base, -1, ssl, BUFFEREVENT_SSL_ACCEPTING,
+                                                BEV_OPT_CLOSE_ON_FREE)
+               : NULL;
+}
+
+static int setup_tls(void)
+{
+    if (!opt.tls_cert && !opt.tls_key)
+        return 0;
+    SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
+    if (ctx)
+        g_tls_ctx = ctx;
+    if (!ctx || !opt.tls_cert || !opt.tls_key ||
+        SSL_CTX_use_certificate_chain_file(ctx, opt.tls_cert) != 1 ||
+        SSL_CTX_use_PrivateKey_file(ctx, opt.tls_key, SSL_FILETYPE_PEM) != 1) {
+        fputs("mu-provider: --tls-cert and --tls-key need a PEM certificate and its key\n", stderr);
+        return -1;
+    }
+    evhttp_set_bevcb(g.http, tls_bev, ctx);
+    g_tls_ctx = ctx;
+    return 0;
+}
+
 /* The event loop's parts. A worker serves and does not register; the
  * workers' master registers and does not serve. */
 static int setup_loop(void)
@@ -2531,6 +2568,8 @@ static int setup_loop(void)
         fputs("mu-provider: libevent setup failed\n", stderr);
         return -1;
     }
+    if (!raw_mode() && setup_tls() != 0)
+        return -1;
     g.sigterm = evsignal_new(g.base, SIGTERM, on_signal, NULL);
     g.sigint = evsignal_new(g.base, SIGINT, on_signal, NULL);
     g.zk_close_ev = evtimer_new(g.base, on_zk_close, NULL);
@@ -2569,6 +2608,8 @@ static int teardown(void)
         rc_close(g.rconns);
     if (g.http)
         evhttp_free(g.http); /* pending answers are released by on_conn_close */
+    if (g_tls_ctx)
+        SSL_CTX_free(g_tls_ctx);
     while (g.pends)
         pend_free(g.pends);
     int rc = g.exit_code;
