@@ -760,6 +760,13 @@ static void describe(const call_t *k, const mu_endpoint *e, const mu_xfer_result
         mu_fmt(why, cap, "%s from %s", k->io->reply.detail, e->key);
         return;
     }
+    if (res->bad_headers) {
+        mu_fmt(why, cap,
+               "the answer from %s has response headers over libcurl's limits (100 KiB for one "
+               "header, 300 KiB in all)",
+               e->key);
+        return;
+    }
     switch (st) {
     case MU_ETOOBIG:
         if (res->too_big == 2)
@@ -932,6 +939,7 @@ static mu_outcome classify(call_t *k, const mu_xfer_result *res)
         .died_on_reuse = res->died_on_reuse,
         .deadline_cut =
             res->code == CURLE_OPERATION_TIMEDOUT && k->attempt_timeout_ms < k->timeout_ms,
+        .bad_headers = res->bad_headers,
         .http_status = res->http_status,
         .idempotent = k->idempotent,
     };

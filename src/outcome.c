@@ -33,6 +33,8 @@ mu_outcome mu_classify(const mu_attempt_facts *f)
         return verdict(MU_ETOOBIG, 0, 0, MU_SIG_NEUTRAL);
     if (f->curl_ok)
         return answered(f);
+    if (f->bad_headers) /* an answer, broken: as a body we cannot read */
+        return verdict(MU_EPROTOCOL, f->idempotent, 0, MU_SIG_ANSWERED);
     if (f->unsent && f->died_on_reuse)
         /* The server had closed the kept connection: our request was reset
          * unread. Nothing is wrong with the provider. */

@@ -33,6 +33,7 @@ typedef struct mu_attempt_facts {
     int unsent;          /* provably never reached the application (transport.h) */
     int died_on_reuse;   /* a reused connection ended before any response byte */
     int deadline_cut;    /* the attempt's timeout was the call's remaining deadline */
+    int bad_headers;     /* the answer's headers passed libcurl's limits */
     mu_status decoded;   /* the decoder's verdict, when curl_ok && !too_big */
     long http_status;
     int idempotent;

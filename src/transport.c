@@ -311,6 +311,9 @@ static void fill_result(mu_xfer *x, CURLcode code)
         curl_easy_getinfo(e, CURLINFO_OS_ERRNO, &err);
     r->unsent = !r->sent || (r->died_on_reuse && (err == ECONNRESET || err == EPIPE));
     r->too_big = x->too_big;
+    /* libcurl 7.88 rejects a header over 100 KiB with CURLE_OUT_OF_MEMORY
+     * and no error text: say what it was (the answer had begun). */
+    r->bad_headers = code == CURLE_OUT_OF_MEMORY && status > 0;
     r->body = x->body.data ? x->body.data : "";
     r->len = x->body.len;
     if (x->errbuf[0])

@@ -50,6 +50,8 @@ typedef struct mu_xfer_result {
     int unsent;             /* provably never reached the provider's application: see below */
     int died_on_reuse;      /* a reused connection ended before any response byte (reset or EOF) */
     int kept;               /* the exchange left its connection open for reuse, if it could */
+    int bad_headers;        /* the answer's headers passed libcurl's limits (CURLE_OUT_OF_MEMORY
+                             * after the status line: 100 KiB a header, 300 KiB in all) */
     const char *body;       /* response body (NUL-terminated), len bytes */
     size_t len;
     const char *error;      /* curl's error text, "" if none */

@@ -515,6 +515,23 @@ static void test_endless_bodies(void **state)
         tb_provider_free(p[i]);
 }
 
+/* A 1 MB response header: it was reported as "Out of memory" (libcurl's
+ * code for it, with no text). It is a protocol error of the provider's,
+ * and the detail says what happened. */
+static void test_huge_header(void **state)
+{
+    (void)state;
+    tb_provider *p = provider("hdr", "--header-bytes", "1048576", NULL);
+    assert_non_null(p);
+    mu_client *c = client(tu_config(NULL));
+    tu_outcome o;
+    tu_call_sync(base, c, "hdr:echo", "[1]", NULL, &o);
+    assert_int_equal(o.status, MU_EPROTOCOL);
+    assert_non_null(strstr(o.detail, "response headers over libcurl's limits"));
+    mu_client_free(c);
+    tb_provider_free(p);
+}
+
 /* ------------------------------------------------------------ last-known-good view */
 
 typedef struct stale_seen {
@@ -910,6 +927,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_max_ejected, setup, teardown),
         cmocka_unit_test_setup_teardown(test_retry_budget, setup, teardown),
         cmocka_unit_test_setup_teardown(test_endless_bodies, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_huge_header, setup, teardown),
         cmocka_unit_test_setup_teardown(test_retry_backoff, setup, teardown),
         cmocka_unit_test_setup_teardown(test_rules_per_service, setup, teardown),
         cmocka_unit_test_setup_teardown(test_slow_start, setup, teardown),

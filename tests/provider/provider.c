@@ -117,6 +117,7 @@ static struct {
     int hang;
     int endless; /* --endless: a 200 whose chunked body never ends */
     const char *tls_cert, *tls_key; /* --tls-cert/--tls-key: serve HTTPS (evhttp mode) */
+    long header_bytes; /* --header-bytes N: every answer carries an X-Pad header of N bytes */
     double drop_rate;
     int garbage;
     int bad_znode;
@@ -974,6 +975,15 @@ static void send_now(struct evhttp_request *req, int status, const char *ctype,
 {
     struct evkeyvalq *h = evhttp_request_get_output_headers(req);
     evhttp_add_header(h, "Content-Type", ctype);
+    if (opt.header_bytes > 0) { /* a huge header, as a broken proxy or framework might send */
+        static char *pad;
+        if (!pad && (pad = malloc((size_t)opt.header_bytes + 1)) != NULL) {
+            memset(pad, 'a', (size_t)opt.header_bytes);
+            pad[opt.header_bytes] = '\0';
+        }
+        if (pad)
+            evhttp_add_header(h, "X-Pad", pad);
+    }
     if (g.stopping) /* draining: tell the client not to reuse it */
         evhttp_add_header(h, "Connection", "close");
     if (body)
@@ -2227,7 +2237,7 @@ static void usage(void)
           "       [--variant 1.0.2|1.0.3|1.0.4|1.0.8]\n"
           "       [--layout per-method|per-service] [--path /json/] [--pickle 2|3|4|5]\n"
           "       [--auth TOKEN] [--delay-ms N] [--fail-rate P] [--hang] [--endless] [--drop-rate P]\n"
-          "       [--tls-cert PEM --tls-key PEM]\n"
+          "       [--tls-cert PEM --tls-key PEM] [--header-bytes N]\n"
           "       [--garbage] [--bad-znode empty|nonjson|noport|badport] [--dup N]\n"
           "       [--no-register] [--methods a,b,c] [--session-ms N]\n"
           "       [--listen-delay-ms N] [--split-writes] [--close-silently] [--close-after-us N]\n"
@@ -2312,7 +2322,7 @@ static void parse_methods(const char *list)
 enum {
     OP_ZK = 256, OP_SERVICE, OP_PORT, OP_HOST, OP_LAYOUT, OP_PATH, OP_PICKLE, OP_AUTH,
     OP_DELAY, OP_FAIL, OP_HANG, OP_ENDLESS, OP_DROP, OP_GARBAGE, OP_BAD, OP_DUP, OP_NOREG,
-    OP_METHODS, OP_SESSION, OP_VARIANT, OP_LDELAY, OP_SPLIT, OP_CLOSE, OP_CLOSE_US, OP_WORKERS, OP_RAW, OP_STALL, OP_STALL_EVERY, OP_TLS_CERT, OP_TLS_KEY, OP_HELP
+    OP_METHODS, OP_SESSION, OP_VARIANT, OP_LDELAY, OP_SPLIT, OP_CLOSE, OP_CLOSE_US, OP_WORKERS, OP_RAW, OP_STALL, OP_STALL_EVERY, OP_TLS_CERT, OP_TLS_KEY, OP_HEADER_BYTES, OP_HELP
 };
 
 /* What was given explicitly: it wins over --variant. */
@@ -2362,6 +2372,7 @@ static void parse_opt(int c, const char *arg, struct given *gv)
     case OP_HANG: opt.hang = 1; break;
     case OP_ENDLESS: opt.endless = 1; break;
     case OP_TLS_CERT: opt.tls_cert = arg; break;
+    case OP_HEADER_BYTES: opt.header_bytes = atol(arg); break;
     case OP_TLS_KEY: opt.tls_key = arg; break;
     case OP_DROP: opt.drop_rate = parse_rate(arg, "drop rate"); break;
     case OP_GARBAGE: opt.garbage = 1; break;
@@ -2441,6 +2452,7 @@ static void parse_args(int argc, char **argv)
         {"close-after-us", required_argument, NULL, OP_CLOSE_US},
         {"workers", required_argument, NULL, OP_WORKERS},
         {"tls-cert", required_argument, NULL, OP_TLS_CERT},
+        {"header-bytes", required_argument, NULL, OP_HEADER_BYTES},
         {"tls-key", required_argument, NULL, OP_TLS_KEY},
         {"help", no_argument, NULL, OP_HELP},
         {NULL, 0, NULL, 0},
