@@ -55,6 +55,7 @@ typedef struct mu_svc_opts {
     int hedge_pm;       /* hedge = pNN: the percentile, per mille; 0: hedge_ms alone */
     int slow_start_ms;  /* 0: none */
     int tls;            /* its providers are called over HTTPS */
+    int empty_protection; /* keep a method's last list when it empties (per-method layout) */
     mu_eject_rules eject;
 } mu_svc_opts;
 

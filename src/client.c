@@ -197,6 +197,8 @@ static void set_svc_opt(mu_svc_opts *o, const char *key, const char *value)
         o->hedge_pm = *value ? mu_parse_percentile(value) : 0;
     else if (strcmp(key, "tls") == 0)
         o->tls = strcmp(value, "on") == 0;
+    else if (strcmp(key, "empty_protection") == 0)
+        o->empty_protection = strcmp(value, "on") == 0;
     else if (strcmp(key, "slow_start_ms") == 0)
         o->slow_start_ms = v;
     else if (strcmp(key, "eject_ms") == 0)
@@ -228,6 +230,7 @@ static void apply_svc_opts(mu_client *c, const mu_config *cfg)
 {
     static const char *const keys[] = {
         "policy", "timeout_ms", "deadline_ms", "retries", "hedge_ms", "hedge", "slow_start_ms", "tls",
+        "empty_protection",
         "eject_ms", "eject_max_ms", "eject_after_failures", "max_ejected_percent",
     };
     for (size_t i = 0; i < MU_ARRAY_LEN(keys); i++)
@@ -414,6 +417,7 @@ static mu_target *resolve(mu_client *c, const char *target, mu_status *st)
     mu_group *g = mu_view_group(c->view, path, 1);
     if (g && fresh) {
         g->tls = so->tls;
+        g->empty_protection = so->empty_protection && !c->per_service;
         if (so->tls && !c->tls_verify && !c->tls_warned++)
             mu_log(&c->log, MU_LOG_WARN,
                    "tls_verify = off: providers' certificates and host names are NOT checked "
@@ -471,8 +475,6 @@ static mu_status make_modules(mu_client *c, const mu_config *cfg, mu_proto proto
     c->health = mu_health_new(&ho, &c->log);
     if (!c->notify || !c->view || !c->tp || !c->health)
         return MU_ENOMEM;
-    mu_view_set_empty_protection(c->view, !c->per_service &&
-                                              strcmp(mu_config_str(cfg, "empty_protection"), "on") == 0);
     const char *snap = mu_config_str(cfg, "snapshot_file");
     if (*snap && !(c->snap = mu_snapshot_new(c->base, snap, c->view, &c->log)))
         return MU_ENOMEM;

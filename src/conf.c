@@ -118,6 +118,7 @@ static const key_spec keys[] = {
  * "KEY.SERVICE": the value is checked as KEY's. */
 static const char *const per_service[] = {
     "policy", "timeout_ms", "deadline_ms", "retries", "hedge_ms", "hedge", "slow_start_ms", "tls",
+    "empty_protection",
     "eject_ms", "eject_max_ms", "eject_after_failures", "max_ejected_percent",
 };
 

@@ -23,7 +23,6 @@ struct mu_view {
     mu_client_stats *stats;
     mu_view_changed_fn changed;
     void *user;
-    int empty_protection;
 };
 
 mu_view *mu_view_new(const char *url_path, const mu_logger *log, mu_client_stats *stats,
@@ -163,11 +162,6 @@ void mu_view_free(mu_view *v)
     free(v);
 }
 
-void mu_view_set_empty_protection(mu_view *v, int on)
-{
-    v->empty_protection = on;
-}
-
 void mu_view_each_group(mu_view *v, void (*fn)(mu_group *g, void *user), void *user)
 {
     size_t i = 0;
@@ -219,7 +213,9 @@ static void apply(mu_view *v, mu_group *g, mu_group_state state)
         eps[n++] = z->ep;
     }
     mu_map_clear(&seen);
-    if (n == 0 && state == MU_GROUP_READY && v->empty_protection && !g->is_static &&
+    /* Empty-push protection (Dubbo's enable-empty-protection), per-method
+     * layout only: see mu_group.empty_protection. */
+    if (n == 0 && state == MU_GROUP_READY && g->empty_protection && !g->is_static &&
         mu_pool_size(g->pool) > 0 && service_has_providers(v, g)) {
         mu_log(v->log, MU_LOG_WARN,
                "%s: its provider list became empty while other methods of the service have "

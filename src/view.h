@@ -38,6 +38,8 @@ typedef struct mu_group {
     int is_static;
     int stale;             /* its endpoints come from snapshot_file, not (yet) from ZooKeeper */
     int tls;               /* set before loading: its endpoints are called over HTTPS */
+    int empty_protection;  /* set before loading: an empty list does not replace a non-empty
+                            * one while another method of the service has providers */
     mu_pool *pool;         /* the current endpoints */
     mu_map znodes;         /* child name -> struct znode (view.c) */
     char **latest;         /* the last child list, applied when fetching == 0 */
@@ -67,12 +69,6 @@ int mu_view_set_static(mu_view *v, mu_group *g, const char *hosts);
  * "host:port,..." (validated), marked stale; its first real list replaces
  * it. */
 int mu_view_set_stale(mu_view *v, mu_group *g, const char *hosts);
-
-/* Empty-push protection (Dubbo's enable-empty-protection), per-method
- * layout only: a method's list that becomes empty while another method of
- * the same service still has providers is not applied; the last non-empty
- * one is kept. */
-void mu_view_set_empty_protection(mu_view *v, int on);
 
 /* Calls fn for every group. */
 void mu_view_each_group(mu_view *v, void (*fn)(mu_group *g, void *user), void *user);

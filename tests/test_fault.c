@@ -638,12 +638,11 @@ static void test_snapshot_bad_lines(void **state)
 
 /* empty_protection: a method's list that becomes empty while the service's
  * other methods still have providers keeps its last endpoints. */
-static void empty_push(const char *protection, mu_status want)
+static void empty_push(const char *key, const char *protection, mu_status want)
 {
     tb_provider *p = provider("ep", NULL);
     assert_non_null(p);
-    mu_client *c = client(tu_config("empty_protection", protection, "preload",
-                                    "ep:echo,ep:whoami", NULL));
+    mu_client *c = client(tu_config(key, protection, "preload", "ep:echo,ep:whoami", NULL));
     tu_outcome o;
     tu_call_sync(base, c, "ep:echo", "[1]", NULL, &o);
     assert_int_equal(o.status, MU_OK);
@@ -683,8 +682,8 @@ static void empty_push(const char *protection, mu_status want)
 static void test_empty_protection(void **state)
 {
     (void)state;
-    empty_push("off", MU_ENOPROVIDER);
-    empty_push("on", MU_OK);
+    empty_push("empty_protection", "off", MU_ENOPROVIDER);
+    empty_push("empty_protection.ep", "on", MU_OK); /* per service */
 }
 
 /* ------------------------------------------------------------ retry backoff */
