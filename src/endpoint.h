@@ -41,6 +41,7 @@ typedef struct mu_endpoint {
     /* view.c */
     uint64_t joined_us;  /* when it joined an already loaded group (slow start counts from
                           * then, or from its revival); 0: it came with a first load */
+    uint64_t seen_mark;  /* the view's apply() that last counted it */
     /* health.c: its first fields are the ones picks read */
     mu_health_ep health;
     /* balance.c */

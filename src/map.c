@@ -30,6 +30,11 @@ static mu_map_slot *find(const mu_map *m, const char *key)
     }
 }
 
+size_t mu_map_size(const mu_map *m)
+{
+    return m->len;
+}
+
 void *mu_map_get(const mu_map *m, const char *key)
 {
     mu_map_slot *s = find(m, key);

@@ -26,6 +26,8 @@ int mu_map_put(mu_map *m, const char *key, void *value);
 /* Removes key; returns its value or NULL. */
 void *mu_map_del(mu_map *m, const char *key);
 void mu_map_clear(mu_map *m);
+/* Live entries. */
+size_t mu_map_size(const mu_map *m);
 /* Iteration: for (size_t i = 0; mu_map_next(m, &i, &k, &v);) ... ; do not
  * insert while iterating (deleting the current key is fine). */
 int mu_map_next(const mu_map *m, size_t *i, const char **key, void **value);

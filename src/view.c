@@ -13,6 +13,7 @@ enum { Z_FETCHING, Z_OK, Z_BAD };
 struct znode {
     int state;
     mu_endpoint *ep; /* Z_OK: holds one ref */
+    uint64_t listed; /* the group's list_gen of the last list that named it */
 };
 
 struct mu_view {
@@ -23,6 +24,7 @@ struct mu_view {
     mu_client_stats *stats;
     mu_view_changed_fn changed;
     void *user;
+    uint64_t apply_mark; /* apply()'s count: endpoints seen in the running one carry it */
 };
 
 mu_view *mu_view_new(const char *url_path, const mu_logger *log, mu_client_stats *stats,
@@ -114,15 +116,6 @@ mu_group *mu_view_group(mu_view *v, const char *path, int create)
     return g;
 }
 
-static void free_latest(mu_group *g)
-{
-    for (size_t i = 0; i < g->nlatest; i++)
-        free(g->latest[i]);
-    free(g->latest);
-    g->latest = NULL;
-    g->nlatest = 0;
-}
-
 static void group_free(mu_view *v, mu_group *g)
 {
     mu_pool_free(g->pool);
@@ -136,7 +129,6 @@ static void group_free(mu_view *v, mu_group *g)
         free(z);
     }
     mu_map_clear(&g->znodes);
-    free_latest(g);
     free(g->path);
     free(g);
 }
@@ -192,31 +184,32 @@ static int service_has_providers(mu_view *v, const mu_group *g)
     return 0;
 }
 
-/* The endpoint set is the distinct endpoints of the children in latest. */
+/* The endpoint set is the distinct endpoints of the children the last list
+ * named; children it did not name go (their endpoints when unused). One
+ * pass over the group's znodes, no allocation but the new set. */
 static void apply(mu_view *v, mu_group *g, mu_group_state state)
 {
-    size_t n = 0;
-    mu_endpoint **eps = g->nlatest ? malloc(g->nlatest * sizeof *eps) : NULL;
-    if (g->nlatest && !eps) {
+    size_t n = 0, cap = mu_map_size(&g->znodes);
+    mu_endpoint **eps = cap ? malloc(cap * sizeof *eps) : NULL;
+    if (cap && !eps) {
         mu_log(v->log, MU_LOG_ERROR, "%s: out of memory applying %zu children", g->path, g->nlatest);
         return;
     }
-    mu_map seen = {0}; /* several children may name one host:port */
-    for (size_t i = 0; i < g->nlatest; i++) {
-        struct znode *z = mu_map_get(&g->znodes, g->latest[i]);
-        if (!z || z->state != Z_OK)
-            continue;
-        if (mu_map_get(&seen, z->ep->key))
-            continue;
-        if (mu_map_put(&seen, z->ep->key, z->ep) != 0)
-            break;
-        eps[n++] = z->ep;
+    uint64_t mark = ++v->apply_mark;
+    size_t it = 0;
+    const char *k;
+    void *val;
+    while (mu_map_next(&g->znodes, &it, &k, &val)) {
+        struct znode *z = val;
+        if (z->listed == g->list_gen && z->state == Z_OK && z->ep->seen_mark != mark) {
+            z->ep->seen_mark = mark; /* several children may name one host:port */
+            eps[n++] = z->ep;
+        }
     }
-    mu_map_clear(&seen);
-    /* Empty-push protection (Dubbo's enable-empty-protection), per-method
-     * layout only: see mu_group.empty_protection. */
     if (n == 0 && state == MU_GROUP_READY && g->empty_protection && !g->is_static &&
         mu_pool_size(g->pool) > 0 && service_has_providers(v, g)) {
+        /* Empty-push protection (Dubbo's enable-empty-protection), per-method
+         * layout only: see mu_group.empty_protection. */
         mu_log(v->log, MU_LOG_WARN,
                "%s: its provider list became empty while other methods of the service have "
                "providers: keeping its %zu endpoint(s) (empty_protection)",
@@ -230,24 +223,16 @@ static void apply(mu_view *v, mu_group *g, mu_group_state state)
         return;
     }
     free(eps);
-
-    /* Forget children that are gone; their endpoints go when unused. */
-    mu_map keep = {0};
-    for (size_t i = 0; i < g->nlatest; i++)
-        mu_map_put(&keep, g->latest[i], g);
-    size_t it = 0;
-    const char *k;
-    void *val;
-    while (mu_map_next(&g->znodes, &it, &k, &val)) {
+    it = 0;
+    while (mu_map_next(&g->znodes, &it, &k, &val)) { /* deleting the current key is fine */
         struct znode *z = val;
-        if (mu_map_get(&keep, k) || z->state == Z_FETCHING)
+        if (z->listed == g->list_gen || z->state == Z_FETCHING)
             continue;
         if (z->state == Z_OK)
             endpoint_unref(v, z->ep);
         free(z);
         mu_map_del(&g->znodes, k);
     }
-    mu_map_clear(&keep);
     g->state = state;
     g->stale = 0;
     mu_log(v->log, MU_LOG_INFO, "%s: %zu endpoint(s) from %zu child(ren)", g->path, n, g->nlatest);
@@ -258,32 +243,25 @@ static void apply(mu_view *v, mu_group *g, mu_group_state state)
 int mu_view_children(mu_view *v, mu_group *g, char *const *names, size_t n,
                      void (*fetch)(mu_group *g, const char *name, void *user), void *user)
 {
-    char **copy = n ? calloc(n, sizeof *copy) : NULL;
-    if (n && !copy)
-        return -1;
-    for (size_t i = 0; i < n; i++) {
-        if (!(copy[i] = strdup(names[i]))) {
-            for (size_t j = 0; j < i; j++)
-                free(copy[j]);
-            free(copy);
-            return -1;
-        }
-    }
-    free_latest(g);
-    g->latest = copy;
+    uint64_t gen = ++g->list_gen;
     g->nlatest = n;
     g->have_latest = 1;
     g->incomplete = 0;
     int started = 0;
     for (size_t i = 0; i < n; i++) {
-        if (mu_map_get(&g->znodes, names[i]))
-            continue; /* known (data never changes) or already being fetched */
-        struct znode *z = calloc(1, sizeof *z);
+        struct znode *z = mu_map_get(&g->znodes, names[i]);
+        if (z) { /* known (data never changes) or already being fetched */
+            z->listed = gen;
+            continue;
+        }
+        z = calloc(1, sizeof *z);
         if (!z || mu_map_put(&g->znodes, names[i], z) != 0) {
             free(z);
+            g->incomplete = 1; /* out of memory: keep serving the current set */
             continue;
         }
         z->state = Z_FETCHING;
+        z->listed = gen;
         g->fetching++;
         started++;
         fetch(g, names[i], user);
@@ -410,7 +388,8 @@ void mu_view_child_failed(mu_view *v, mu_group *g, const char *name)
 
 void mu_view_nonode(mu_view *v, mu_group *g)
 {
-    free_latest(g);
+    g->list_gen++; /* no child is listed */
+    g->nlatest = 0;
     g->have_latest = 1;
     g->state = MU_GROUP_NONODE;
     if (g->fetching == 0)
@@ -420,7 +399,6 @@ void mu_view_nonode(mu_view *v, mu_group *g)
 typedef struct static_fill {
     mu_view *v;
     mu_group *g;
-    char **names;
     size_t n;
 } static_fill;
 
@@ -433,19 +411,17 @@ static int add_static(const char *item, size_t len, void *user)
     if (mu_parse_hostport(item, len, host, sizeof host, &port) != 0)
         return 0; /* validated by the config already */
     mu_fmt(key, sizeof key, "%s:%d", host, port);
-    char **nn = realloc(sf->names, (sf->n + 1) * sizeof *nn);
-    if (!nn)
-        return -1;
-    sf->names = nn;
-    if (!(nn[sf->n] = strdup(key)))
-        return -1;
     sf->n++;
-    if (mu_map_get(&sf->g->znodes, key))
+    struct znode *z = mu_map_get(&sf->g->znodes, key);
+    if (z) {
+        z->listed = sf->g->list_gen;
         return 0;
-    struct znode *z = calloc(1, sizeof *z);
+    }
+    z = calloc(1, sizeof *z);
     if (z && (z->ep = endpoint_ref(sf->v, host, port, 0, sf->g->tls)) &&
         mu_map_put(&sf->g->znodes, key, z) == 0) {
         z->state = Z_OK;
+        z->listed = sf->g->list_gen;
         return 0;
     }
     if (z && z->ep)
@@ -457,10 +433,9 @@ static int add_static(const char *item, size_t len, void *user)
 /* A static or stale list: znode-like entries named "host:port". */
 static int set_list(mu_view *v, mu_group *g, const char *hosts)
 {
-    static_fill sf = {v, g, NULL, 0};
+    g->list_gen++;
+    static_fill sf = {v, g, 0};
     int rc = mu_list_each(hosts, add_static, &sf);
-    free_latest(g);
-    g->latest = sf.names;
     g->nlatest = sf.n;
     g->have_latest = 1;
     apply(v, g, MU_GROUP_READY);

@@ -11,6 +11,11 @@
  * A refresh never empties a group by accident: a new child list is applied
  * only once the data of every new child has arrived.
  *
+ * A change costs work per child of the list, without allocating for the
+ * children it already knew: each znode carries the generation of the last
+ * list that named it, and each endpoint the mark of the last apply that
+ * counted it (ZooKeeper's get_children itself returns the whole list).
+ *
  * Ownership:
  *   mu_view      private to view.c; made and freed by client.c.
  *   mu_group     owned by the view (view.c allocates and frees it); only
@@ -42,9 +47,9 @@ typedef struct mu_group {
                             * one while another method of the service has providers */
     mu_pool *pool;         /* the current endpoints */
     mu_map znodes;         /* child name -> struct znode (view.c) */
-    char **latest;         /* the last child list, applied when fetching == 0 */
-    size_t nlatest;
-    int have_latest;
+    uint64_t list_gen;     /* the last child list: its znodes carry this mark */
+    size_t nlatest;        /* how many names it had */
+    int have_latest;       /* a list came; it is applied when fetching == 0 */
     int fetching;          /* child gets outstanding */
     int incomplete;        /* a child get failed: wait for the next list */
 } mu_group;
