@@ -436,7 +436,7 @@ typedef void (*mu_metrics_fn)(const mu_metric *metric, void *user);
  * endpoints) per family. From inside @p fn, mu_call() is refused with
  * MU_EINVAL and mu_client_free() is carried out when the loop next turns,
  * as from the log sink. Returns MU_EINVAL for a NULL @p client or @p fn,
- * else MU_OK.
+ * or a client being freed; else MU_OK.
  */
 MU_EXPORT mu_status mu_client_metrics(mu_client *client, mu_metrics_fn fn, void *user);
 
