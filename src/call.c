@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "metrics.h"
 #include "outcome.h"
 
 typedef struct mu_call_handle call_t;
@@ -641,6 +642,11 @@ static void deliver(call_t *k)
         m->d.stats->calls_ok++;
     else
         m->d.stats->calls_failed++;
+    mu_target_metrics *tm = &k->t->met; /* one user call ends: its pair's other half never delivers */
+    tm->ended++;
+    if (k->status != MU_OK)
+        mu_met_count(tm->call_failed, k->status);
+    mu_met_hist_add(&tm->lat, r.latency_us);
     k->state = C_DELIVERING;
     k->cb(&r, k->user);
     recycle(k);
@@ -808,19 +814,27 @@ static void note_unsent(call_t *k, const mu_endpoint *e, const char *why)
         mu_fmt(io->unsent_eps + n, sizeof io->unsent_eps - n, "%s%s", n ? ", " : "", e->key);
 }
 
+/* k's attempt has ended but still holds its endpoint (k->ep), which the
+ * retry counters are charged to before it is let go. */
 static void fail_after_send(call_t *k, const mu_outcome *o, const char *why)
 {
     mu_calls *m = k->m;
     mu_status st = o->status;
-    int budget_spent = o->retry && retryable_budget(k) && !budget_take(m);
+    int retry = o->retry && retryable_budget(k);
+    int budget_spent = retry && !budget_take(m);
+    if (retry && !budget_spent) {
+        m->d.stats->retries++;
+        k->t->met.retries++;
+        k->ep->metrics.retries++;
+    }
+    end_attempt(k);
     if (budget_spent) {
         m->d.stats->retries_denied++;
         finish(k, st, "%s; not retried: the client's retry budget is spent (retry_budget_percent)",
                why);
         return;
     }
-    if (o->retry && retryable_budget(k)) {
-        m->d.stats->retries++;
+    if (retry) {
         mu_log(m->d.log, MU_LOG_INFO, "%s: attempt %d: %s; retrying", k->t->g->path, k->attempts,
                why);
         retry_after_backoff(k, why);
@@ -867,7 +881,10 @@ static uint64_t check_silent(mu_calls *m, mu_endpoint *e, uint64_t now, int *ver
             if (!next || wait < next)
                 next = wait;
         } else if (verdict && !(*verdict & MU_HEALTH_EJECTED)) {
-            *verdict |= mu_health_silent(m->d.health, e, &o->t->o->eject, o->launch_us, now);
+            int v = mu_health_silent(m->d.health, e, &o->t->o->eject, o->launch_us, now);
+            if (v & MU_HEALTH_EJECTED)
+                o->t->met.ejections++;
+            *verdict |= v;
         }
     }
     return next;
@@ -962,7 +979,20 @@ static void on_xfer_done(mu_xfer *x, const mu_xfer_result *res, void *user)
     /* Queued attempts hold e->pending, so e outlives this. An ejected
      * endpoint's queue moves elsewhere first (heed); else the next queued
      * attempt takes the free connection. */
-    heed(k->m, e, report(k, e, res, &o, now), res->kept);
+    int verdict = report(k, e, res, &o, now);
+    /* Metrics: the outcome is known here (metrics.h); e is still held. */
+    mu_ep_metrics *em = &e->metrics;
+    mu_target_metrics *tm = &k->t->met;
+    em->attempts++;
+    tm->attempts++;
+    mu_met_hist_add(&em->lat, now - k->launch_us);
+    if (o.status != MU_OK) {
+        mu_met_count(em->failed, o.status);
+        mu_met_count(tm->failed, o.status);
+    }
+    if (verdict & MU_HEALTH_EJECTED)
+        tm->ejections++;
+    heed(k->m, e, verdict, res->kept);
     e->lane.active--;
     pump(e);
     if (o.status == MU_OK) {
@@ -983,8 +1013,7 @@ static void on_xfer_done(mu_xfer *x, const mu_xfer_result *res, void *user)
         return;
     }
     k->sent++;
-    end_attempt(k);
-    fail_after_send(k, &o, why);
+    fail_after_send(k, &o, why); /* lets e go */
 }
 
 /* ------------------------------------------------------------- attempts */
@@ -1340,6 +1369,8 @@ static void on_hedge(evutil_socket_t fd, short what, void *arg)
     h->tried[0] = k->ep;
     h->ntried = 1;
     m->d.stats->hedges++;
+    k->t->met.hedges++;
+    k->ep->metrics.hedges++; /* the endpoint that was slow */
     mu_log(m->d.log, MU_LOG_DEBUG, "%s: no answer from %s within %d ms: hedging", k->t->g->path,
            k->endpoint, k->hedge_ms);
     start_attempt(h);
@@ -1519,6 +1550,7 @@ mu_status mu_calls_start(mu_calls *m, mu_target *t, const char *method, const ch
         }
     }
     m->d.stats->calls_started++;
+    t->met.started++;
     budget_deposit(m);
     if (id)
         *id = call_id(k);

@@ -31,6 +31,7 @@
 #include "common.h"
 #include "health.h"
 #include "life.h"
+#include "metrics.h"
 #include "transport.h"
 #include "view.h"
 
@@ -69,6 +70,7 @@ typedef struct mu_target {
     uint64_t usual_us; /* call.c's: moving average of the method's successful attempts
                         * (1/16 a sample), for in-flight age; 0: none yet */
     mu_lat_hist lat;   /* call.c's: the same attempts' latencies, for hedge = pNN */
+    mu_target_metrics met; /* call.c's: the method's counters (metrics.h) */
 } mu_target;
 
 /* The settings calls need, copied at creation. */

@@ -25,6 +25,7 @@
 #include "health.h"
 #include "life.h"
 #include "map.h"
+#include "metrics.h"
 #include "registry.h"
 #include "transport.h"
 #include "snapshot.h"
@@ -786,6 +787,67 @@ mu_status mu_client_endpoints(mu_client *c, const char *target, mu_endpoints_fn 
         return MU_ENOPROVIDER;
     }
     return visit_endpoints(c, t->g, fn, user);
+}
+
+/* -------------------------------------------------------------- metrics */
+
+/* The rows metrics.c reads: each target ("svc:method") and each endpoint
+ * in the view, with the counters their owners keep (metrics.h). */
+static void met_targets(void *src, void (*fn)(const mu_met_target_row *row, void *arg), void *arg)
+{
+    mu_client *c = src;
+    size_t i = 0;
+    const char *k;
+    void *v;
+    while (mu_map_next(&c->targets, &i, &k, &v)) {
+        const mu_target *t = v;
+        char svc[520]; /* split_target: a target is at most 512 bytes */
+        size_t n = t->split < sizeof svc ? t->split : sizeof svc - 1;
+        memcpy(svc, k, n);
+        svc[n] = '\0';
+        mu_met_target_row row = {svc, k + t->split + 1, &t->met};
+        fn(&row, arg);
+    }
+}
+
+typedef struct met_ep_walk {
+    void (*fn)(const mu_met_ep_row *row, void *arg);
+    void *arg;
+} met_ep_walk;
+
+static void met_endpoint(const mu_endpoint *e, void *user)
+{
+    met_ep_walk *w = user;
+    mu_met_ep_row row = {e->key, &e->metrics, e->health.ejections, e->pending};
+    w->fn(&row, w->arg);
+}
+
+static void met_endpoints(void *src, void (*fn)(const mu_met_ep_row *row, void *arg), void *arg)
+{
+    mu_client *c = src;
+    met_ep_walk w = {fn, arg};
+    mu_view_each_endpoint(c->view, met_endpoint, &w);
+}
+
+mu_status mu_client_metrics(mu_client *c, mu_metrics_fn fn, void *user)
+{
+    if (!c || !fn || c->life.state != MU_LIFE_LIVE)
+        return MU_EINVAL;
+    mu_met_source s = {met_targets, met_endpoints, c};
+    /* As the log sink: mu_call() is refused (no new target while the
+     * table is walked) and a free waits for the loop's next turn. */
+    mu_life_enter(&c->life, 1);
+    mu_metrics_visit(&s, fn, user);
+    mu_life_leave(&c->life, 1); /* never destroys */
+    return MU_OK;
+}
+
+mu_status mu_metrics_write(mu_client *c, char *buf, size_t cap, size_t *needed)
+{
+    if (!c || (!buf && cap))
+        return MU_EINVAL;
+    mu_met_source s = {met_targets, met_endpoints, c};
+    return mu_metrics_text(&s, buf, cap, needed);
 }
 
 static void unwatch(mu_client *c, mu_watch **pp)

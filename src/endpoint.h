@@ -10,6 +10,8 @@
  *   health                 health.c (balance.c reads down_until_us, call.c
  *                          reads reuse_ok, client.c reads calls and failures)
  *   lane (mu_lane)         call.c
+ *   metrics                call.c (metrics.h); client.c reads it for
+ *                          mu_client_metrics()
  * A separate allocation per module would need the view to call back into
  * each one to free it; embedded sections keep one owner for the memory and
  * one writer per field.
@@ -20,6 +22,7 @@
 #include <stdint.h>
 
 #include "health.h"
+#include "metrics.h"
 
 struct mu_member;
 struct mu_call_handle;
@@ -54,6 +57,8 @@ typedef struct mu_endpoint {
     unsigned refs;       /* references from groups */
     /* call.c */
     mu_lane lane;
+    /* call.c: counters for mu_client_metrics(), last: no pick reads them */
+    mu_ep_metrics metrics;
 } mu_endpoint;
 
 #endif

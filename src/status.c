@@ -21,6 +21,7 @@ static const struct {
     [MU_ECANCELLED] = {"MU_ECANCELLED", "cancelled"},
     [MU_EAUTH] = {"MU_EAUTH", "authentication failed"},
     [MU_EOVERLOADED] = {"MU_EOVERLOADED", "overloaded: too many calls in flight or queued"},
+    [MU_ENOSPACE] = {"MU_ENOSPACE", "buffer too small"},
 };
 
 #define N_STATUS (sizeof status_table / sizeof status_table[0])

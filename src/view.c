@@ -163,6 +163,16 @@ void mu_view_each_group(mu_view *v, void (*fn)(mu_group *g, void *user), void *u
         fn(val, user);
 }
 
+void mu_view_each_endpoint(const mu_view *v, void (*fn)(const mu_endpoint *e, void *user),
+                           void *user)
+{
+    size_t i = 0;
+    const char *k;
+    void *val;
+    while (mu_map_next(&v->endpoints, &i, &k, &val))
+        fn(val, user);
+}
+
 /* Another method of g's service (per-method paths ROOT/SVC/METHOD/provider)
  * has providers. O(groups): only when a list would become empty. */
 static int service_has_providers(mu_view *v, const mu_group *g)

@@ -77,6 +77,10 @@ int mu_view_set_stale(mu_view *v, mu_group *g, const char *hosts);
 
 /* Calls fn for every group. */
 void mu_view_each_group(mu_view *v, void (*fn)(mu_group *g, void *user), void *user);
+/* Calls fn for every endpoint in memory (listed by a group, or still held
+ * by an attempt). fn must not change the view. */
+void mu_view_each_endpoint(const mu_view *v, void (*fn)(const mu_endpoint *e, void *user),
+                           void *user);
 
 /* --- driven by the registry --------------------------------------------- */
 

@@ -28,8 +28,8 @@ static void usage(FILE *out)
 {
     fprintf(out,
             "usage: mucall [OPTIONS] SERVICE:METHOD [ARG ...] [--kw NAME=VALUE ...]\n"
-            "       mucall [OPTIONS] -n N -c C [--json] SERVICE:METHOD [ARG ...]\n"
-            "       mucall [OPTIONS] --rate R -d SECONDS [--json] SERVICE:METHOD [ARG ...]\n"
+            "       mucall [OPTIONS] -n N -c C [--json] [--metrics] SERVICE:METHOD [ARG ...]\n"
+            "       mucall [OPTIONS] --rate R -d SECONDS [--json] [--metrics] SERVICE:METHOD [ARG ...]\n"
             "       mucall [OPTIONS] --list SERVICE:METHOD\n"
             "       mucall --decode FILE\n"
             "\n"
@@ -52,6 +52,8 @@ static void usage(FILE *out)
             "                      whether or not earlier calls ended; latency counts from\n"
             "                      each call's due time; reports calls that started late\n"
             "  --json              load mode: print the summary as one JSON line\n"
+            "  --metrics           after the run, print the client's metrics in Prometheus'\n"
+            "                      text format (what mu_metrics_write() gives)\n"
             "  --list TARGET       print the providers discovery sees for TARGET\n"
             "  --decode FILE       decode a saved response body and print its JSON\n"
             "  -v                  log discovery and attempts to stderr\n"
@@ -420,6 +422,29 @@ static void print_text(const app *a, double wall, double user, double sys)
     }
 }
 
+/* The client's metrics, as a /metrics endpoint would serve them. */
+static int print_metrics(mu_client *c)
+{
+    size_t need = 0;
+    char *buf = NULL;
+    mu_status st = mu_metrics_write(c, NULL, 0, &need);
+    while (st == MU_ENOSPACE) {
+        free(buf);
+        need += need / 4; /* room for a series that appears meanwhile */
+        if (!(buf = malloc(need))) {
+            fprintf(stderr, "mucall: out of memory\n");
+            return -1;
+        }
+        st = mu_metrics_write(c, buf, need, &need);
+    }
+    if (st == MU_OK)
+        fputs(buf, stdout);
+    else
+        fprintf(stderr, "mucall: metrics: %s\n", mu_strerror(st));
+    free(buf);
+    return st == MU_OK ? 0 : -1;
+}
+
 /* Runs either load mode to its end and prints the summary. */
 static int run_load(app *a, int json)
 {
@@ -528,7 +553,7 @@ int main(int argc, char **argv)
     a.rc = EXIT_FAIL;
     const char *config_file = NULL, *zk = NULL, *hosts = NULL, *list = NULL;
     const char *sets[64];
-    int nsets = 0, json = 0;
+    int nsets = 0, json = 0, metrics = 0;
     const char *positional[256];
     int npos = 0;
     const char *kws[64];
@@ -615,6 +640,8 @@ int main(int argc, char **argv)
                 a.rate = v;
         } else if (strcmp(s, "--json") == 0) {
             json = 1;
+        } else if (strcmp(s, "--metrics") == 0) {
+            metrics = 1;
         } else if (strcmp(s, "--list") == 0) {
             NEED_VAL();
             list = val;
@@ -757,6 +784,8 @@ int main(int argc, char **argv)
     } else {
         event_base_dispatch(a.base);
     }
+    if (metrics && !list && print_metrics(a.client) != 0 && a.rc == 0)
+        a.rc = EXIT_FAIL;
     mu_client_free(a.client);
     event_base_free(a.base);
     mu_buf_free(&args);

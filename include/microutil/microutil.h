@@ -48,8 +48,10 @@ typedef enum mu_status {
     MU_EREMOTE = 12,     /**< The provider returned an error (name, code, message). */
     MU_ECANCELLED = 13,  /**< Cancelled by the caller, or the client was freed. */
     MU_EAUTH = 14,       /**< The provider rejected the auth token (HTTP 401). */
-    MU_EOVERLOADED = 15  /**< A cap on calls (max_calls, max_queue_per_host) is reached:
+    MU_EOVERLOADED = 15, /**< A cap on calls (max_calls, max_queue_per_host) is reached:
                               nothing was sent; try later or shed load. */
+    MU_ENOSPACE = 16     /**< The caller's buffer is too small (mu_metrics_write() says
+                              how large it must be). */
 } mu_status;
 
 /**
@@ -384,6 +386,73 @@ typedef struct mu_client_stats {
  * @p size bytes are written, so an older caller gets the fields it knows.
  */
 MU_EXPORT void mu_client_stats_get(const mu_client *client, mu_client_stats *stats, size_t size);
+
+/* =============================================================== metrics */
+
+/** What a metric sample is, as Prometheus names it. */
+typedef enum mu_metric_type {
+    MU_METRIC_COUNTER = 0,
+    MU_METRIC_GAUGE = 1,
+    MU_METRIC_HISTOGRAM = 2
+} mu_metric_type;
+
+/**
+ * One series of one metric family, handed to a mu_metrics_fn by pointer.
+ * Fields are only ever appended: @c size is sizeof(mu_metric) as the
+ * library was built, so a field is there when its offset is below it.
+ * Every pointer is valid during the callback only.
+ *
+ * The families, their names and labels are listed in README.md
+ * ("Metrics"). Per method the labels are `service` and `method`; per
+ * endpoint, `endpoint` ("host:port", counting every method and service
+ * that lists it); failure counters add `kind` (the failing mu_status,
+ * lower case without MU_E, except "timeout" for MU_ETIMEDOUT: "connect", "remote", ...). A label
+ * a series does not have is NULL.
+ */
+typedef struct mu_metric {
+    size_t size;             /**< sizeof(mu_metric) of the library. */
+    const char *name;        /**< Family name: "microutil_calls_total"; for a histogram the
+                                  base name ("microutil_call_duration_seconds"). */
+    const char *help;        /**< One line for `# HELP`. */
+    mu_metric_type type;
+    const char *service;     /**< Label values, or NULL. */
+    const char *method;
+    const char *endpoint;
+    const char *kind;
+    double value;            /**< Counter or gauge: the value. */
+    size_t nbuckets;         /**< Histogram: number of finite bounds. */
+    const double *le;        /**< Histogram: the bounds, in seconds, ascending (fixed). */
+    const unsigned long long *buckets; /**< Histogram: cumulative count at each bound. */
+    unsigned long long count;/**< Histogram: number of samples (the `+Inf` bucket). */
+    double sum;              /**< Histogram: sum of the samples, in seconds. */
+} mu_metric;
+
+/** Receives one series. */
+typedef void (*mu_metrics_fn)(const mu_metric *metric, void *user);
+
+/**
+ * Calls @p fn once per series of every metric family, all the series of a
+ * family one after another, families in a fixed order. Counting costs
+ * calls nothing but a few increments; this walk costs O(methods +
+ * endpoints) per family. From inside @p fn, mu_call() is refused with
+ * MU_EINVAL and mu_client_free() is carried out when the loop next turns,
+ * as from the log sink. Returns MU_EINVAL for a NULL @p client or @p fn,
+ * or a client being freed; else MU_OK.
+ */
+MU_EXPORT mu_status mu_client_metrics(mu_client *client, mu_metrics_fn fn, void *user);
+
+/**
+ * Writes the metrics of @p client in Prometheus' text exposition format
+ * (version 0.0.4: `# HELP`, `# TYPE`, then the samples; label values
+ * escaped) into @p buf, NUL-terminated, and returns MU_OK. If @p needed
+ * is not NULL it receives the bytes the text takes, its NUL included.
+ * When @p cap is less than that, returns MU_ENOSPACE, writes "" (when @p cap
+ * > 0) and still sets @p *needed: call again with a buffer that large.
+ * @p buf may be NULL when @p cap is 0, to ask the size. The size grows as
+ * series appear and counts get longer: leave some room. Returns MU_EINVAL
+ * for a NULL @p client.
+ */
+MU_EXPORT mu_status mu_metrics_write(mu_client *client, char *buf, size_t cap, size_t *needed);
 
 /** 1 while the client has a live ZooKeeper session, else 0. */
 MU_EXPORT int mu_client_zk_connected(const mu_client *client);
