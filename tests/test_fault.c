@@ -534,6 +534,28 @@ static void test_huge_header(void **state)
     tb_provider_free(p);
 }
 
+/* A 302 to another provider is not followed: the call gets the 302
+ * (MU_EHTTP), and the provider it points at sees nothing. */
+static void test_redirect_not_followed(void **state)
+{
+    (void)state;
+    tb_provider *target = provider("elsewhere", NULL);
+    assert_non_null(target);
+    char url[96];
+    snprintf(url, sizeof url, "http://127.0.0.1:%d/json/", tb_provider_port(target));
+    tb_provider *p = provider("redir", "--redirect", url, NULL);
+    assert_non_null(p);
+    mu_client *c = client(tu_config(NULL));
+    tu_outcome o;
+    tu_call_sync(base, c, "redir:echo", "[1]", NULL, &o);
+    assert_int_equal(o.status, MU_EHTTP);
+    assert_int_equal(o.http_status, 302);
+    assert_int_equal(o.attempts, 1);
+    mu_client_free(c);
+    tb_provider_free(p);
+    tb_provider_free(target);
+}
+
 /* ------------------------------------------------------------ last-known-good view */
 
 typedef struct stale_seen {
@@ -929,6 +951,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_retry_budget, setup, teardown),
         cmocka_unit_test_setup_teardown(test_endless_bodies, setup, teardown),
         cmocka_unit_test_setup_teardown(test_huge_header, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_redirect_not_followed, setup, teardown),
         cmocka_unit_test_setup_teardown(test_retry_backoff, setup, teardown),
         cmocka_unit_test_setup_teardown(test_rules_per_service, setup, teardown),
         cmocka_unit_test_setup_teardown(test_slow_start, setup, teardown),

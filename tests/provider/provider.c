@@ -118,6 +118,7 @@ static struct {
     int endless; /* --endless: a 200 whose chunked body never ends */
     const char *tls_cert, *tls_key; /* --tls-cert/--tls-key: serve HTTPS (evhttp mode) */
     long header_bytes; /* --header-bytes N: every answer carries an X-Pad header of N bytes */
+    const char *redirect; /* --redirect URL: every answer is a 302 to URL */
     double drop_rate;
     int garbage;
     int bad_znode;
@@ -974,6 +975,10 @@ static void send_now(struct evhttp_request *req, int status, const char *ctype,
                      const char *body, size_t len, struct evbuffer *buf)
 {
     struct evkeyvalq *h = evhttp_request_get_output_headers(req);
+    if (opt.redirect) { /* a 302 to elsewhere, as a misconfigured proxy might send */
+        evhttp_add_header(h, "Location", opt.redirect);
+        status = 302;
+    }
     evhttp_add_header(h, "Content-Type", ctype);
     if (opt.header_bytes > 0) { /* a huge header, as a broken proxy or framework might send */
         static char *pad;
@@ -2237,7 +2242,7 @@ static void usage(void)
           "       [--variant 1.0.2|1.0.3|1.0.4|1.0.8]\n"
           "       [--layout per-method|per-service] [--path /json/] [--pickle 2|3|4|5]\n"
           "       [--auth TOKEN] [--delay-ms N] [--fail-rate P] [--hang] [--endless] [--drop-rate P]\n"
-          "       [--tls-cert PEM --tls-key PEM] [--header-bytes N]\n"
+          "       [--tls-cert PEM --tls-key PEM] [--header-bytes N] [--redirect URL]\n"
           "       [--garbage] [--bad-znode empty|nonjson|noport|badport] [--dup N]\n"
           "       [--no-register] [--methods a,b,c] [--session-ms N]\n"
           "       [--listen-delay-ms N] [--split-writes] [--close-silently] [--close-after-us N]\n"
@@ -2322,7 +2327,7 @@ static void parse_methods(const char *list)
 enum {
     OP_ZK = 256, OP_SERVICE, OP_PORT, OP_HOST, OP_LAYOUT, OP_PATH, OP_PICKLE, OP_AUTH,
     OP_DELAY, OP_FAIL, OP_HANG, OP_ENDLESS, OP_DROP, OP_GARBAGE, OP_BAD, OP_DUP, OP_NOREG,
-    OP_METHODS, OP_SESSION, OP_VARIANT, OP_LDELAY, OP_SPLIT, OP_CLOSE, OP_CLOSE_US, OP_WORKERS, OP_RAW, OP_STALL, OP_STALL_EVERY, OP_TLS_CERT, OP_TLS_KEY, OP_HEADER_BYTES, OP_HELP
+    OP_METHODS, OP_SESSION, OP_VARIANT, OP_LDELAY, OP_SPLIT, OP_CLOSE, OP_CLOSE_US, OP_WORKERS, OP_RAW, OP_STALL, OP_STALL_EVERY, OP_TLS_CERT, OP_TLS_KEY, OP_HEADER_BYTES, OP_REDIRECT, OP_HELP
 };
 
 /* What was given explicitly: it wins over --variant. */
@@ -2373,6 +2378,7 @@ static void parse_opt(int c, const char *arg, struct given *gv)
     case OP_ENDLESS: opt.endless = 1; break;
     case OP_TLS_CERT: opt.tls_cert = arg; break;
     case OP_HEADER_BYTES: opt.header_bytes = atol(arg); break;
+    case OP_REDIRECT: opt.redirect = arg; break;
     case OP_TLS_KEY: opt.tls_key = arg; break;
     case OP_DROP: opt.drop_rate = parse_rate(arg, "drop rate"); break;
     case OP_GARBAGE: opt.garbage = 1; break;
@@ -2453,6 +2459,7 @@ static void parse_args(int argc, char **argv)
         {"workers", required_argument, NULL, OP_WORKERS},
         {"tls-cert", required_argument, NULL, OP_TLS_CERT},
         {"header-bytes", required_argument, NULL, OP_HEADER_BYTES},
+        {"redirect", required_argument, NULL, OP_REDIRECT},
         {"tls-key", required_argument, NULL, OP_TLS_KEY},
         {"help", no_argument, NULL, OP_HELP},
         {NULL, 0, NULL, 0},
