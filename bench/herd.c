@@ -579,11 +579,15 @@ int main(int argc, char **argv)
             else if (restarted)
                 d = v;
             prev = v;
-            if (d >= 0) {
-                printf("SERVER_WINDOW t_ms=%.0f packets=%lld\n",
-                       ((double)srv.s_t[i] - (double)t_stop) / 1000.0, d);
-                if ((double)d > peak_srv)
-                    peak_srv = (double)d;
+            if (d >= 0 && i > 0) {
+                /* A window the sampler stretched (the server answered mntr
+                 * late) counts at its rate per 100 ms; a shorter one as is. */
+                double ms = (double)(srv.s_t[i] - srv.s_t[i - 1]) / 1000.0;
+                double rate = ms > WINDOW_MS ? (double)d * WINDOW_MS / ms : (double)d;
+                printf("SERVER_WINDOW t_ms=%.0f ms=%.0f packets=%lld\n",
+                       ((double)srv.s_t[i] - (double)t_stop) / 1000.0, ms, d);
+                if (rate > peak_srv)
+                    peak_srv = rate;
             }
         }
         for (int i = 0; i < g.nwin; i++) {
