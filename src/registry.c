@@ -4,6 +4,8 @@
 #include <event2/event.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
+#include <time.h>
 #include <zookeeper/zookeeper.h>
 
 #include "map.h"
@@ -14,6 +16,7 @@ typedef struct watched {
     mu_group *g;
     int listing; /* a get_children is outstanding */
     int relist;  /* a watch fired while listing */
+    unsigned listed_gen; /* r->gen when last listed */
 } watched;
 
 struct mu_registry {
@@ -26,7 +29,11 @@ struct mu_registry {
     zhandle_t *zh;
     mu_zkloop *loop;
     struct event *renew; /* replaces an expired handle, outside ZooKeeper callbacks */
+    struct event *relist; /* the jittered re-list after a reconnect or a new session */
     int connected;
+    int ever_connected;
+    unsigned gen; /* connections so far */
+    uint64_t rng;
     int64_t session_id;
 };
 
@@ -216,6 +223,7 @@ static void list_group(mu_registry *r, watched *w)
         return;
     }
     w->listing = 1;
+    w->listed_gen = r->gen;
     if (r->stats)
         r->stats->zk_get_children++;
     mu_zkloop_update(r->loop);
@@ -252,15 +260,61 @@ static int open_handle(mu_registry *r)
     return 0;
 }
 
+/* After a reconnect or a new session every client of a ZooKeeper that
+ * restarts re-lists at the same moment: the herd. A group already loaded
+ * keeps serving its view meanwhile, so its re-list waits a random delay in
+ * [0, min(session timeout / 4, 2 s)]; a group never listed yet (calls wait
+ * for it) is listed at once, as on the first connection. A watch that fires
+ * meanwhile lists its group at once, and the delayed pass skips it. */
+static int relist_bound_ms(const mu_registry *r)
+{
+    int b = r->session_ms / 4;
+    return b < 2000 ? b : 2000;
+}
+
+static uint64_t next_random(mu_registry *r)
+{
+    /* xorshift64*, seeded by getrandom in mu_registry_new */
+    r->rng ^= r->rng >> 12;
+    r->rng ^= r->rng << 25;
+    r->rng ^= r->rng >> 27;
+    return r->rng * 2685821657736338717ull;
+}
+
 static void relist_all(mu_registry *r)
 {
+    int later = 0;
     size_t i = 0;
     const char *k;
     void *v;
     while (mu_map_next(&r->watched, &i, &k, &v)) {
         watched *w = v;
         w->listing = 0; /* requests of a lost session never complete as OK */
-        list_group(r, w);
+        if (!r->ever_connected || w->g->state == MU_GROUP_LOADING || w->g->stale)
+            list_group(r, w);
+        else
+            later = 1;
+    }
+    r->ever_connected = 1;
+    if (later) {
+        long ms = (long)(next_random(r) % (uint64_t)(relist_bound_ms(r) + 1));
+        struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+        event_add(r->relist, &tv);
+    }
+}
+
+static void on_relist(evutil_socket_t fd, short what, void *arg)
+{
+    MU_UNUSED(fd);
+    MU_UNUSED(what);
+    mu_registry *r = arg;
+    size_t i = 0;
+    const char *k;
+    void *v;
+    while (mu_map_next(&r->watched, &i, &k, &v)) {
+        watched *w = v;
+        if (w->listed_gen != r->gen)
+            list_group(r, w);
     }
 }
 
@@ -274,6 +328,7 @@ static void session_watcher(zhandle_t *zh, int type, int state, const char *path
         const clientid_t *id = zoo_client_id(zh);
         int fresh = id && id->client_id != r->session_id;
         r->connected = 1;
+        r->gen++;
         if (fresh) {
             r->session_id = id->client_id;
             if (r->stats)
@@ -332,7 +387,12 @@ mu_registry *mu_registry_new(struct event_base *base, mu_view *view, const char 
     r->hosts = strdup(hosts);
     r->loop = mu_zkloop_new(base);
     r->renew = event_new(base, -1, 0, on_renew, r);
-    if (!r->hosts || !r->loop || !r->renew || open_handle(r) != 0) {
+    r->relist = evtimer_new(base, on_relist, r);
+    if (getrandom(&r->rng, sizeof r->rng, GRND_NONBLOCK) != sizeof r->rng)
+        r->rng = (uint64_t)time(NULL) ^ (uint64_t)(uintptr_t)r;
+    if (r->rng == 0)
+        r->rng = 0x9e3779b97f4a7c15ull;
+    if (!r->hosts || !r->loop || !r->renew || !r->relist || open_handle(r) != 0) {
         mu_registry_free(r);
         return NULL;
     }
@@ -351,6 +411,8 @@ void mu_registry_free(mu_registry *r)
     }
     if (r->renew)
         event_free(r->renew);
+    if (r->relist)
+        event_free(r->relist);
     mu_zkloop_free(r->loop);
     size_t i = 0;
     const char *k;

@@ -563,6 +563,103 @@ static void test_ensemble_failover(void **state)
     tb_ensemble_free(e);
 }
 
+/* After a ZooKeeper restart every client re-lists, each after its own
+ * random delay (at most min(session timeout / 4, 2 s): 1 s here), and
+ * keeps serving its view meanwhile. 20 clients on one loop; what is
+ * asserted is eventual: every client re-lists exactly once within the
+ * bound plus slack, the view never empties, and the delays are not all
+ * the same (20 draws from [0, 1000] ms all within 100 ms of each other:
+ * about 1e-18). */
+#define HERD 20
+
+static unsigned long long gc_of(mu_client *c)
+{
+    mu_client_stats st;
+    mu_client_stats_get(c, &st, sizeof st);
+    return st.zk_get_children;
+}
+
+static void test_relist_after_restart_is_spread(void **state)
+{
+    (void)state;
+    tb_zk *own = tb_zk_start();
+    assert_non_null(own);
+    tb_zkc *z = tb_zkc_open(tb_zk_connstr(own));
+    assert_non_null(z);
+    const char *path = "/dubbo/herd/echo/provider";
+    assert_int_equal(tb_zkc_mkdirs(z, path), ZOK);
+    const char *data = "{\"host\": \"127.0.0.1\", \"port\": 1}";
+    assert_int_equal(tb_zkc_create(z, "/dubbo/herd/echo/provider/p1", data, (int)strlen(data), 0,
+                                   NULL, 0), ZOK);
+    tb_zkc_close(z);
+
+    struct event_base *base = event_base_new();
+    assert_non_null(base);
+    mu_client *c[HERD];
+    unsigned long long gc0[HERD], t_up[HERD], t_relist[HERD];
+    for (int i = 0; i < HERD; i++) {
+        mu_config *cfg = tu_config("zk_hosts", tb_zk_connstr(own), "zk_session_timeout_ms", "4000",
+                                   NULL);
+        assert_int_equal(mu_client_new(base, cfg, &c[i]), MU_OK);
+        mu_config_free(cfg);
+        mu_client_set_log(c[i], MU_LOG_WARN, tu_log, NULL);
+        wait_n w = {c[i], "herd:echo", 1};
+        endpoints(c[i], "herd:echo"); /* starts loading */
+        assert_true(tu_run_until(base, has_n, &w, 10000));
+    }
+    for (int i = 0; i < HERD; i++) {
+        gc0[i] = gc_of(c[i]);
+        t_up[i] = t_relist[i] = 0;
+    }
+
+    assert_int_equal(tb_zk_stop(own), 0);
+    tu_run_for(base, 500);
+    assert_int_equal(tb_zk_restart(own), 0);
+    unsigned long long deadline = tu_now_ms() + 20000;
+    int left = HERD;
+    while (left > 0 && tu_now_ms() < deadline) {
+        tu_run_for(base, 5);
+        unsigned long long now = tu_now_ms();
+        for (int i = 0; i < HERD; i++) {
+            if (!t_up[i] && mu_client_zk_connected(c[i]))
+                t_up[i] = now;
+            if (t_up[i] && !t_relist[i] && gc_of(c[i]) > gc0[i]) {
+                t_relist[i] = now;
+                left--;
+            }
+            /* The view keeps serving while the re-list waits. */
+            assert_int_equal(endpoints(c[i], "herd:echo"), 1);
+        }
+    }
+    assert_int_equal(left, 0);
+    tu_run_for(base, 1200); /* past the bound: nothing more to come */
+    unsigned long long dmin = ~0ull, dmax = 0;
+    for (int i = 0; i < HERD; i++) {
+        assert_int_equal(gc_of(c[i]), gc0[i] + 1);
+        unsigned long long d = t_relist[i] - t_up[i];
+        assert_true(d <= 1000 + 500); /* the bound, plus the loop's and our polling's slack */
+        dmin = d < dmin ? d : dmin;
+        dmax = d > dmax ? d : dmax;
+    }
+    assert_true(dmax - dmin >= 100);
+
+    /* The watches work: a join reaches every client. */
+    z = tb_zkc_open(tb_zk_connstr(own));
+    assert_non_null(z);
+    const char *data2 = "{\"host\": \"127.0.0.1\", \"port\": 2}";
+    assert_int_equal(tb_zkc_create(z, "/dubbo/herd/echo/provider/p2", data2, (int)strlen(data2), 0,
+                                   NULL, 0), ZOK);
+    tb_zkc_close(z);
+    for (int i = 0; i < HERD; i++) {
+        wait_n w = {c[i], "herd:echo", 2};
+        assert_true(tu_run_until(base, has_n, &w, 10000));
+    }
+    for (int i = 0; i < HERD; i++)
+        mu_client_free(c[i]);
+    event_base_free(base);
+    tb_zk_free(own);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -576,6 +673,7 @@ int main(void)
         cmocka_unit_test(test_per_service_layout),
         cmocka_unit_test(test_session_expiry),
         cmocka_unit_test(test_zookeeper_restart_during_calls),
+        cmocka_unit_test(test_relist_after_restart_is_spread),
         cmocka_unit_test(test_ensemble_failover),
     };
     return cmocka_run_group_tests(tests, setup_zk, teardown_zk);
