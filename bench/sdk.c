@@ -96,6 +96,11 @@ int main(int argc, char **argv)
         (o.hosts && mu_config_set(cfg, skey, o.hosts) != MU_OK) ||
         mu_config_set(cfg, "policy", o.policy) != MU_OK ||
         mu_config_set(cfg, "timeout_ms", ms) != MU_OK ||
+        /* The memory rows hold 10,000+ calls in flight on one provider: the
+         * backpressure caps (10,000 calls, 1,000 queued per provider) would
+         * refuse them. The comparison with raw libcurl has no caps. */
+        mu_config_set(cfg, "max_calls", "10000000") != MU_OK ||
+        mu_config_set(cfg, "max_queue_per_host", "10000000") != MU_OK ||
         (o.timeout_ms > 30000 && mu_config_set(cfg, "deadline_ms", ms) != MU_OK)) {
         fprintf(stderr, "sdk: %s\n", mu_config_error(cfg));
         return 2;
