@@ -868,6 +868,13 @@ static void inflight_of(const call_t *o, uint64_t now, mu_inflight *out)
 
 static uint64_t check_silent(mu_calls *m, mu_endpoint *e, uint64_t now, int *verdict)
 {
+    /* The usual case, on every watch: the oldest attempt is still young,
+     * so nothing is silent yet; look at it alone (walking every attempt
+     * in flight cost a cache miss each: +5% CPU a call at 64 in flight). */
+    call_t *h = e->lane.run_head;
+    uint64_t first = h ? mu_health_silent_after(h->t->usual_us) : 0;
+    if (!verdict && first && h->launch_us + first > now && (!h->qnext || h->qnext->t == h->t))
+        return h->launch_us + first - now; /* one method: later attempts pass the age later */
     uint64_t next = 0;
     for (call_t *o = e->lane.run_head; o; o = o->qnext) { /* at most max_per_host */
         uint64_t after = mu_health_silent_after(o->t->usual_us);
