@@ -16,6 +16,8 @@ typedef struct watched {
     mu_group *g;
     int listing; /* a get_children is outstanding */
     int relist;  /* a watch fired while listing */
+    int unwatched; /* its last list or exists check failed: ZooKeeper holds no watch for it */
+    int due;     /* the jittered re-list will list it */
     unsigned listed_gen; /* r->gen when last listed */
 } watched;
 
@@ -160,6 +162,8 @@ static void exists_done(int rc, const struct Stat *stat, const void *data)
     /* Created between our list and this check: list again. */
     if (rc == ZOK)
         list_group(q->r, q->w);
+    else if (transient(rc))
+        q->w->unwatched = 1;
     free(q);
 }
 
@@ -173,6 +177,7 @@ static void children_done(int rc, const struct String_vector *strings, const str
     mu_group *g = w->g;
     free(q);
     w->listing = 0;
+    w->unwatched = transient(rc);
     if (rc == ZOK) {
         mu_view_children(r->view, g, strings ? strings->data : NULL,
                          strings ? (size_t)strings->count : 0, fetch_child, r);
@@ -201,8 +206,10 @@ static void children_done(int rc, const struct String_vector *strings, const str
 
 static void list_group(mu_registry *r, watched *w)
 {
-    if (!r->zh || !r->connected)
-        return; /* listed on (re)connect */
+    if (!r->zh || !r->connected) {
+        w->unwatched = 1; /* listed on (re)connect */
+        return;
+    }
     if (w->listing) {
         w->relist = 1;
         return;
@@ -223,6 +230,7 @@ static void list_group(mu_registry *r, watched *w)
         return;
     }
     w->listing = 1;
+    w->due = 0;
     w->listed_gen = r->gen;
     if (r->stats)
         r->stats->zk_get_children++;
@@ -260,12 +268,18 @@ static int open_handle(mu_registry *r)
     return 0;
 }
 
-/* After a reconnect or a new session every client of a ZooKeeper that
- * restarts re-lists at the same moment: the herd. A group already loaded
- * keeps serving its view meanwhile, so its re-list waits a random delay in
- * [0, min(session timeout / 4, 2 s)]; a group never listed yet (calls wait
- * for it) is listed at once, as on the first connection. A watch that fires
- * meanwhile lists its group at once, and the delayed pass skips it. */
+/* On a resumed session the ZooKeeper client has re-armed our watches
+ * itself (SetWatches, with the last zxid it saw: a change made while we
+ * were away fires at once), so only the groups without one are listed: a
+ * list or exists check lost with the connection, a child whose data could
+ * not be read, a group still loading or stale. On a new session every
+ * watch is gone and every group is listed again. Either way every client of
+ * a ZooKeeper that restarts does it at the same moment: the herd. A group
+ * already loaded keeps serving its view meanwhile, so its re-list waits a
+ * random delay in [0, min(session timeout / 4, 2 s)]; a group never listed
+ * yet (calls wait for it) is listed at once, as on the first connection.
+ * A watch that fires meanwhile lists its group at once, and the delayed
+ * pass skips it. */
 static int relist_bound_ms(const mu_registry *r)
 {
     int b = r->session_ms / 4;
@@ -281,7 +295,7 @@ static uint64_t next_random(mu_registry *r)
     return r->rng * 2685821657736338717ull;
 }
 
-static void relist_all(mu_registry *r)
+static void relist_all(mu_registry *r, int fresh)
 {
     int later = 0;
     size_t i = 0;
@@ -289,11 +303,14 @@ static void relist_all(mu_registry *r)
     void *v;
     while (mu_map_next(&r->watched, &i, &k, &v)) {
         watched *w = v;
-        w->listing = 0; /* requests of a lost session never complete as OK */
+        if (w->listing) { /* requests of a lost connection never complete as OK */
+            w->listing = 0;
+            w->unwatched = 1;
+        }
         if (!r->ever_connected || w->g->state == MU_GROUP_LOADING || w->g->stale)
             list_group(r, w);
-        else
-            later = 1;
+        else if (fresh || w->unwatched || w->g->incomplete)
+            later = w->due = 1;
     }
     r->ever_connected = 1;
     if (later) {
@@ -313,8 +330,9 @@ static void on_relist(evutil_socket_t fd, short what, void *arg)
     void *v;
     while (mu_map_next(&r->watched, &i, &k, &v)) {
         watched *w = v;
-        if (w->listed_gen != r->gen)
+        if (w->due && w->listed_gen != r->gen)
             list_group(r, w);
+        w->due = 0;
     }
 }
 
@@ -336,7 +354,7 @@ static void session_watcher(zhandle_t *zh, int type, int state, const char *path
         }
         mu_log(r->log, MU_LOG_INFO, "ZooKeeper %s: %s session 0x%llx", r->hosts,
                fresh ? "new" : "resumed", (unsigned long long)r->session_id);
-        relist_all(r);
+        relist_all(r, fresh);
     } else if (state == ZOO_EXPIRED_SESSION_STATE) {
         r->connected = 0;
         mu_log(r->log, MU_LOG_WARN,

@@ -4,8 +4,10 @@
  * data of new children only, and feeds the view. It survives disconnects
  * (the view keeps serving) and session expiry (a new session re-lists every
  * group; the view swaps a group's set only once its new list is complete).
- * After a reconnect or a new session, loaded groups are re-listed after a
- * random delay in [0, min(session timeout / 4, 2 s)] (see registry.c).
+ * A resumed session keeps its watches (the ZooKeeper client re-arms them):
+ * only groups whose request was lost with the connection are listed again.
+ * After a new session, every loaded group is, after a random delay in
+ * [0, min(session timeout / 4, 2 s)] (see registry.c).
  *
  * mu_registry is private to registry.c and made and freed by client.c
  * (NULL without ZooKeeper). It owns the zhandle_t, its mu_zkloop, one

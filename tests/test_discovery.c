@@ -563,20 +563,51 @@ static void test_ensemble_failover(void **state)
     tb_ensemble_free(e);
 }
 
-/* After a ZooKeeper restart every client re-lists, each after its own
- * random delay (at most min(session timeout / 4, 2 s): 1 s here), and
- * keeps serving its view meanwhile. 20 clients on one loop; what is
- * asserted is eventual: every client re-lists exactly once within the
- * bound plus slack, the view never empties, and the delays are not all
- * the same (20 draws from [0, 1000] ms all within 100 ms of each other:
- * about 1e-18). */
+/* 20 clients on one loop watch one method through a ZooKeeper restart,
+ * then through the loss of their sessions.
+ *   - Restart: the sessions resume and the ZooKeeper client re-arms our
+ *     watches itself (SetWatches, with the last zxid seen), so nobody
+ *     re-lists; a provider that joins while the clients are away reaches
+ *     each of them by its watch: one get_children each, no more; a
+ *     restart with no change costs no request at all.
+ *   - Sessions expired: every watch is gone, so every client lists again,
+ *     each after its own random delay (at most min(session timeout / 4,
+ *     2 s): 1 s here), serving its view meanwhile. Asserted eventually:
+ *     exactly one re-list each within the bound plus slack, and the delays
+ *     are not all alike (20 draws from [0, 1000] ms within 100 ms of each
+ *     other: about 1e-18). */
 #define HERD 20
 
-static unsigned long long gc_of(mu_client *c)
+static unsigned long long stat_of(mu_client *c, int sessions)
 {
     mu_client_stats st;
     mu_client_stats_get(c, &st, sizeof st);
-    return st.zk_get_children;
+    return sessions ? st.zk_sessions : st.zk_get_children;
+}
+
+static int connected(void *arg)
+{
+    return mu_client_zk_connected(arg);
+}
+
+static void add_child(tb_zk *zk, const char *name, int port)
+{
+    tb_zkc *z = tb_zkc_open(tb_zk_connstr(zk));
+    assert_non_null(z);
+    char path[128], data[64];
+    snprintf(path, sizeof path, "/dubbo/herd/echo/provider/%s", name);
+    snprintf(data, sizeof data, "{\"host\": \"127.0.0.1\", \"port\": %d}", port);
+    assert_int_equal(tb_zkc_mkdirs(z, "/dubbo/herd/echo/provider"), ZOK);
+    assert_int_equal(tb_zkc_create(z, path, data, (int)strlen(data), 0, NULL, 0), ZOK);
+    tb_zkc_close(z);
+}
+
+static void all_have(struct event_base *base, mu_client **c, int n)
+{
+    for (int i = 0; i < HERD; i++) {
+        wait_n w = {c[i], "herd:echo", n};
+        assert_true(tu_run_until(base, has_n, &w, 10000));
+    }
 }
 
 static void test_relist_after_restart_is_spread(void **state)
@@ -584,58 +615,76 @@ static void test_relist_after_restart_is_spread(void **state)
     (void)state;
     tb_zk *own = tb_zk_start();
     assert_non_null(own);
-    tb_zkc *z = tb_zkc_open(tb_zk_connstr(own));
-    assert_non_null(z);
-    const char *path = "/dubbo/herd/echo/provider";
-    assert_int_equal(tb_zkc_mkdirs(z, path), ZOK);
-    const char *data = "{\"host\": \"127.0.0.1\", \"port\": 1}";
-    assert_int_equal(tb_zkc_create(z, "/dubbo/herd/echo/provider/p1", data, (int)strlen(data), 0,
-                                   NULL, 0), ZOK);
-    tb_zkc_close(z);
-
+    add_child(own, "p1", 1);
     struct event_base *base = event_base_new();
     assert_non_null(base);
     mu_client *c[HERD];
-    unsigned long long gc0[HERD], t_up[HERD], t_relist[HERD];
+    unsigned long long gc0[HERD], s0[HERD], t_up[HERD], t_relist[HERD];
     for (int i = 0; i < HERD; i++) {
         mu_config *cfg = tu_config("zk_hosts", tb_zk_connstr(own), "zk_session_timeout_ms", "4000",
                                    NULL);
         assert_int_equal(mu_client_new(base, cfg, &c[i]), MU_OK);
         mu_config_free(cfg);
         mu_client_set_log(c[i], MU_LOG_WARN, tu_log, NULL);
-        wait_n w = {c[i], "herd:echo", 1};
         endpoints(c[i], "herd:echo"); /* starts loading */
-        assert_true(tu_run_until(base, has_n, &w, 10000));
     }
-    for (int i = 0; i < HERD; i++) {
-        gc0[i] = gc_of(c[i]);
-        t_up[i] = t_relist[i] = 0;
-    }
+    all_have(base, c, 1);
 
+    /* 1. A restart; p2 joins before the clients' loop runs again. */
+    for (int i = 0; i < HERD; i++)
+        gc0[i] = stat_of(c[i], 0);
     assert_int_equal(tb_zk_stop(own), 0);
     tu_run_for(base, 500);
     assert_int_equal(tb_zk_restart(own), 0);
+    add_child(own, "p2", 2);
+    all_have(base, c, 2);
+    tu_run_for(base, 1500); /* past the re-list bound: nothing more comes */
+    for (int i = 0; i < HERD; i++) {
+        assert_int_equal(stat_of(c[i], 1), 1);           /* resumed */
+        assert_int_equal(stat_of(c[i], 0), gc0[i] + 1);  /* the watch's list only */
+    }
+
+    /* A restart with no change: nothing to list at all. */
+    for (int i = 0; i < HERD; i++)
+        gc0[i] = stat_of(c[i], 0);
+    assert_int_equal(tb_zk_stop(own), 0);
+    tu_run_for(base, 500);
+    assert_int_equal(tb_zk_restart(own), 0);
+    for (int i = 0; i < HERD; i++)
+        assert_true(tu_run_until(base, connected, c[i], 10000));
+    tu_run_for(base, 1500);
+    for (int i = 0; i < HERD; i++)
+        assert_int_equal(stat_of(c[i], 0), gc0[i]);
+
+    /* 2. Every session expires: each client lists again, spread. */
+    for (int i = 0; i < HERD; i++) {
+        gc0[i] = stat_of(c[i], 0);
+        s0[i] = stat_of(c[i], 1);
+        t_up[i] = t_relist[i] = 0;
+        clientid_t id = *zoo_client_id(mu_registry_zhandle(mu_client_registry(c[i])));
+        assert_int_equal(tb_zk_expire_session(tb_zk_connstr(own), &id), 0);
+    }
     unsigned long long deadline = tu_now_ms() + 20000;
     int left = HERD;
     while (left > 0 && tu_now_ms() < deadline) {
         tu_run_for(base, 5);
         unsigned long long now = tu_now_ms();
         for (int i = 0; i < HERD; i++) {
-            if (!t_up[i] && mu_client_zk_connected(c[i]))
+            if (!t_up[i] && stat_of(c[i], 1) > s0[i])
                 t_up[i] = now;
-            if (t_up[i] && !t_relist[i] && gc_of(c[i]) > gc0[i]) {
+            if (t_up[i] && !t_relist[i] && stat_of(c[i], 0) > gc0[i]) {
                 t_relist[i] = now;
                 left--;
             }
             /* The view keeps serving while the re-list waits. */
-            assert_int_equal(endpoints(c[i], "herd:echo"), 1);
+            assert_int_equal(endpoints(c[i], "herd:echo"), 2);
         }
     }
     assert_int_equal(left, 0);
-    tu_run_for(base, 1200); /* past the bound: nothing more to come */
+    tu_run_for(base, 1200);
     unsigned long long dmin = ~0ull, dmax = 0;
     for (int i = 0; i < HERD; i++) {
-        assert_int_equal(gc_of(c[i]), gc0[i] + 1);
+        assert_int_equal(stat_of(c[i], 0), gc0[i] + 1);
         unsigned long long d = t_relist[i] - t_up[i];
         assert_true(d <= 1000 + 500); /* the bound, plus the loop's and our polling's slack */
         dmin = d < dmin ? d : dmin;
@@ -643,17 +692,9 @@ static void test_relist_after_restart_is_spread(void **state)
     }
     assert_true(dmax - dmin >= 100);
 
-    /* The watches work: a join reaches every client. */
-    z = tb_zkc_open(tb_zk_connstr(own));
-    assert_non_null(z);
-    const char *data2 = "{\"host\": \"127.0.0.1\", \"port\": 2}";
-    assert_int_equal(tb_zkc_create(z, "/dubbo/herd/echo/provider/p2", data2, (int)strlen(data2), 0,
-                                   NULL, 0), ZOK);
-    tb_zkc_close(z);
-    for (int i = 0; i < HERD; i++) {
-        wait_n w = {c[i], "herd:echo", 2};
-        assert_true(tu_run_until(base, has_n, &w, 10000));
-    }
+    /* The new watches work: a join reaches every client. */
+    add_child(own, "p3", 3);
+    all_have(base, c, 3);
     for (int i = 0; i < HERD; i++)
         mu_client_free(c[i]);
     event_base_free(base);
