@@ -8,8 +8,13 @@
  *              it and frees it); only balance.c touches its fields.
  *   mu_member  private to balance.c; one per endpoint per pool, listed on
  *              the endpoint's `members`; made and freed by balance.c.
+ *   hot copies  private to balance.c: per pool, an array of what picks
+ *              read of each endpoint (pending and four health fields),
+ *              so that a pick stays in cache at 10,000 endpoints. Kept in
+ *              step by mu_endpoint_pending_add and mu_endpoint_sync.
  * balance.c also writes the endpoint's `pending` (only through
- * mu_endpoint_pending_add) and reads its health.down_until_us.
+ * mu_endpoint_pending_add). Picks read the hot copies, never the endpoint,
+ * except joined_us while slow start is on.
  */
 #ifndef MU_BALANCE_H
 #define MU_BALANCE_H
@@ -69,6 +74,12 @@ uint64_t mu_hash_key(const char *key);
  * and updates the least-pending index of every pool holding e. */
 void mu_endpoint_pending_add(mu_endpoint *e, int delta);
 
+/* health.c calls this whenever it changes what picks read of e:
+ * health.down_until_us, ewma_us, ewma_at_us or oldest_us. Every pool that
+ * holds e copies them (and pending); an ejection that ended early is seen
+ * at once. O(pools holding e). */
+void mu_endpoint_sync(mu_endpoint *e);
+
 /* What health.c needs to know of an endpoint's peers (the other endpoints
  * of every pool that holds it) before it ejects it. O(pool sizes): for
  * ejection decisions only, never per pick. */
@@ -81,7 +92,17 @@ typedef struct mu_peers {
 } mu_peers;
 void mu_endpoint_peers(const mu_endpoint *e, uint64_t now_us, int max_pct, mu_peers *out);
 
-/* xorshift64*, for random and p2c. */
-uint64_t mu_rand(uint64_t *state);
+/* xorshift64*, for random and p2c; inline: every pick draws. */
+static inline uint64_t mu_rand(uint64_t *state)
+{
+    uint64_t x = *state;
+    if (x == 0) /* a zero state would stay zero */
+        x = 0x9E3779B97F4A7C15ull;
+    x ^= x >> 12;
+    x ^= x << 25;
+    x ^= x >> 27;
+    *state = x;
+    return x * 0x2545F4914F6CDD1Dull;
+}
 
 #endif

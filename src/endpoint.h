@@ -7,8 +7,10 @@
  *   identity and lifetime  view.c
  *   pending, members       balance.c (pending only via mu_endpoint_pending_add;
  *                          view.c reads pending before freeing)
- *   health                 health.c (balance.c reads down_until_us, call.c
- *                          reads reuse_ok, client.c reads calls and failures)
+ *   health                 health.c, which calls mu_endpoint_sync after changing
+ *                          what picks read (balance.c copies down_until_us, ewma
+ *                          and oldest_us into its pools); call.c reads reuse_ok,
+ *                          client.c reads calls and failures
  *   lane (mu_lane)         call.c
  *   metrics                call.c (metrics.h); client.c reads it for
  *                          mu_client_metrics()
@@ -36,19 +38,18 @@ typedef struct mu_lane {
 } mu_lane;
 
 typedef struct mu_endpoint {
-    /* What every pick reads comes first, so that it shares one cache line
-     * (view.c allocates endpoints aligned to 64 bytes): at 10,000 endpoints
-     * a pick's cost is its cache misses. */
+    /* What pending_add and health.c's updates read and write comes first,
+     * so that it shares one cache line (view.c allocates endpoints aligned
+     * to 64 bytes). Picks read balance.c's copies, not this. */
     /* balance.c */
     int pending;         /* attempts holding it (queued or in flight) */
+    struct mu_member *members; /* one node per pool that holds it */
     /* view.c */
     uint64_t joined_us;  /* when it joined an already loaded group (slow start counts from
                           * then, or from its revival); 0: it came with a first load */
     uint64_t seen_mark;  /* the view's apply() that last counted it */
     /* health.c: its first fields are the ones picks read */
     mu_health_ep health;
-    /* balance.c */
-    struct mu_member *members; /* one node per pool that holds it */
     /* view.c */
     char key[72];        /* "host:port", the identity */
     char host[64];

@@ -86,6 +86,7 @@ static int eject(mu_health *h, mu_endpoint *e, const mu_eject_rules *ru, uint64_
     if (ms > (uint64_t)ru->eject_max_ms)
         ms = (uint64_t)ru->eject_max_ms;
     s->down_until_us = now + ms * 1000u;
+    mu_endpoint_sync(e);
     s->ejections++;
     s->ejected = 1;
     h->ejections++;
@@ -241,14 +242,12 @@ static void learn_quickack(mu_health *h, mu_endpoint *e, const mu_attempt_report
 /* Latency (docs/design.md, health): a peak-sensitive moving average, as
  * Finagle's PeakEwma: a sample above the average replaces it at once (a
  * slow provider is seen at its first slow answer); a lower one pulls it
- * down by 1/8. Between samples it halves every EWMA_HALFLIFE_US, so an
- * endpoint that went slow and got no traffic since is tried again. */
-#define EWMA_HALFLIFE_US 2000000u
-
+ * down by 1/8. Between samples it halves every 2.1 s, so an
+ * endpoint that went slow and got no traffic since is tried again
+ * (mu_health_latency). */
 static uint64_t ewma_now(const mu_health_ep *s, uint64_t now)
 {
-    uint64_t halves = now > s->ewma_at_us ? (now - s->ewma_at_us) / EWMA_HALFLIFE_US : 0;
-    return halves >= 63 ? 0 : s->ewma_us >> halves;
+    return s->ewma_us ? mu_health_latency(s->ewma_us, s->ewma_at_us, 0, now, 0) : 0;
 }
 
 static void ewma_sample(mu_health_ep *s, uint64_t sample_us, uint64_t now)
@@ -286,16 +285,7 @@ void mu_health_inflight(mu_health *h, mu_endpoint *e, uint64_t launch_us)
 {
     MU_UNUSED(h);
     e->health.oldest_us = launch_us;
-}
-
-uint64_t mu_health_cost(const mu_endpoint *e, uint64_t now_us, uint64_t neutral)
-{
-    const mu_health_ep *s = &e->health;
-    uint64_t lat = s->ewma_us ? ewma_now(s, now_us) : neutral;
-    uint64_t age = s->oldest_us && now_us > s->oldest_us ? now_us - s->oldest_us : 0;
-    if (age > lat)
-        lat = age; /* a stalled endpoint costs more before any call to it ends */
-    return (lat ? lat : 1) * (uint64_t)(e->pending + 1);
+    mu_endpoint_sync(e);
 }
 
 /* A failure of the provider's own, among attempts that reached it: what
@@ -321,8 +311,10 @@ static const char *own_failure(const mu_attempt_report *r)
 int mu_health_ended(mu_health *h, mu_endpoint *e, const mu_attempt_report *r)
 {
     learn_quickack(h, e, r);
-    if (r->signal == MU_SIG_ANSWERED || r->signal == MU_SIG_TIMEOUT || r->signal == MU_SIG_BROKEN)
+    if (r->signal == MU_SIG_ANSWERED || r->signal == MU_SIG_TIMEOUT || r->signal == MU_SIG_BROKEN) {
         ewma_sample(&e->health, latency_sample(h, r), r->now_us);
+        mu_endpoint_sync(e);
+    }
     int verdict = learn_keepalive(h, e, r);
     const char *own = own_failure(r);
     if (r->signal == MU_SIG_REFUSED) {

@@ -3,7 +3,9 @@
  * drawn from it: ejection and whether its connections may be kept.
  *
  * The per-endpoint state (mu_health_ep) is a section of mu_endpoint that
- * only health.c writes; balance.c reads down_until_us to steer picks, and
+ * only health.c writes; balance.c copies down_until_us, the EWMA and
+ * oldest_us to steer picks (health.c calls mu_endpoint_sync after each
+ * change to them), and
  * introspection (client.c) reads the counters. call.c reports each
  * attempt's start and end here, reads `reuse_ok` to date its attempts, and
  * never edits the state itself. Latency tracking (the peak EWMA the ewma
@@ -28,7 +30,7 @@ struct mu_endpoint;
 
 /* Owned by health.c, embedded in each mu_endpoint. Zero is a new endpoint. */
 typedef struct mu_health_ep {
-    /* read by every pick (balance.c): kept together, first */
+    /* copied by balance.c for its picks (mu_endpoint_sync): kept together, first */
     uint64_t down_until_us; /* ejected: not picked before this while others are up */
     uint64_t ewma_us;       /* peak-sensitive moving average of its latency; 0: no sample */
     uint64_t ewma_at_us;    /* when ewma_us was last updated */
@@ -132,11 +134,29 @@ uint64_t mu_health_ejections(const mu_health *h);
  * call.c tells whenever that changes. */
 void mu_health_inflight(mu_health *h, struct mu_endpoint *e, uint64_t launch_us);
 
-/* What an attempt on e is expected to cost now, for the ewma policy:
- * max(latency average decayed by time, age of the oldest attempt in
- * flight) x (pending + 1), in microseconds. neutral stands in for an
- * endpoint with no latency sample yet. */
-uint64_t mu_health_cost(const struct mu_endpoint *e, uint64_t now_us, uint64_t neutral);
+/* The ewma policy's view of an endpoint's latency now, in microseconds
+ * (at least 1): its peak EWMA (ewma_us, last sampled at ewma_at_us) halved
+ * for every 2^MU_EWMA_HALFLIFE_SHIFT us (2.1 s) without a sample, or
+ * `neutral` while it has none (ewma_us 0); raised to the age of its oldest
+ * attempt in flight (launched at oldest_us; 0: none), so that a stalled
+ * endpoint costs more before any call to it ends. A pure function of the
+ * fields picks read: balance.c keeps copies of them per pool
+ * (mu_endpoint_sync) and calls it on those. A pick's cost is this x
+ * (pending + 1). The half-life is a power of two: a shift, not a division,
+ * in every pick. */
+#define MU_EWMA_HALFLIFE_SHIFT 21
+static inline uint64_t mu_health_latency(uint64_t ewma_us, uint64_t ewma_at_us, uint64_t oldest_us,
+                                         uint64_t now_us, uint64_t neutral)
+{
+    uint64_t lat = neutral;
+    if (ewma_us) {
+        uint64_t halves = now_us > ewma_at_us ? (now_us - ewma_at_us) >> MU_EWMA_HALFLIFE_SHIFT : 0;
+        lat = halves >= 63 ? 0 : ewma_us >> halves;
+    }
+    uint64_t age = oldest_us && now_us > oldest_us ? now_us - oldest_us : 0;
+    lat = age > lat ? age : lat;
+    return lat ? lat : 1;
+}
 
 /* Not ejected at now. */
 int mu_health_up(const struct mu_endpoint *e, uint64_t now_us);

@@ -19,11 +19,12 @@
 
 /* ------------------------------------------------------------ checker */
 
-/* Walks every structure of p: each endpoint is in exactly one level list,
- * the one of its pending count, in the up set or (parked) in the parked set
- * and the heap; lists are well linked; min and count are right; the array
- * and the endpoints' member lists agree. Returns 0 or a code naming the
- * first fault. */
+/* Walks every structure of p: once least-pending has picked (lp_on), each
+ * endpoint is in exactly one level list, the one of its pending count, in
+ * the up set or (parked) in the parked set and the heap, and before that
+ * in none; lists are well linked; min and count are right; the array and
+ * the endpoints' member lists agree; each hot copy is its endpoint's
+ * current state. Returns 0 or a code naming the first fault. */
 static int pool_check(const mu_pool *p)
 {
     size_t seen = 0, nparked = 0;
@@ -58,7 +59,7 @@ static int pool_check(const mu_pool *p)
         if (s == 1)
             nparked = count;
     }
-    if (seen != p->n || nparked != p->nheap)
+    if (seen != (p->lp_on ? p->n : 0) || nparked != p->nheap)
         return 6;
     for (size_t i = 0; i < p->nheap; i++) {
         const member *m = p->heap[i];
@@ -80,6 +81,12 @@ static int pool_check(const mu_pool *p)
     }
     if (p->rr > p->n)
         return 11;
+    for (size_t i = 0; i < p->n; i++) {
+        hot want;
+        hot_fill(&want, p->eps[i]);
+        if (memcmp(&want, &p->hot[i], sizeof want) != 0)
+            return 12; /* a change not synced: mu_endpoint_sync missed */
+    }
     return 0;
 }
 
@@ -130,6 +137,26 @@ static size_t idx_of(const mu_endpoint *base, const mu_endpoint *e)
     return (size_t)(e - base);
 }
 
+/* As health.c does: change what picks read, then tell the pools. */
+static void set_down(mu_endpoint *e, uint64_t until)
+{
+    e->health.down_until_us = until;
+    mu_endpoint_sync(e);
+}
+
+static void set_ewma(mu_endpoint *e, uint64_t ewma_us, uint64_t at_us)
+{
+    e->health.ewma_us = ewma_us;
+    e->health.ewma_at_us = at_us;
+    mu_endpoint_sync(e);
+}
+
+static void set_oldest(mu_endpoint *e, uint64_t launch_us)
+{
+    e->health.oldest_us = launch_us;
+    mu_endpoint_sync(e);
+}
+
 static const mu_policy all_policies[] = {MU_POLICY_ROUND_ROBIN, MU_POLICY_RANDOM,
                                          MU_POLICY_LEAST_PENDING, MU_POLICY_P2C};
 
@@ -169,7 +196,7 @@ static void test_empty_and_single(void **state)
     mu_endpoint *ep = eps_new(1);
     assert_int_equal(mu_pool_set(p, (mu_endpoint *[]){&ep[0]}, 1), 0);
     mu_endpoint *avoid[] = {&ep[0]};
-    ep[0].health.down_until_us = NOW + 1;
+    set_down(&ep[0], NOW + 1);
     for (size_t i = 0; i < MU_ARRAY_LEN(all_policies); i++)
         assert_ptr_equal(mu_pool_pick(p, all_policies[i], avoid, 1, NOW, &rng), &ep[0]);
     assert_int_equal(mu_pool_set(p, NULL, 0), 0);
@@ -427,25 +454,83 @@ static void test_ewma(void **state)
     uint64_t rng = 5;
     mu_endpoint *ep = eps_new(2);
     mu_pool *p = pool_of(ep, 2);
-    ep[0].health.ewma_us = 10000, ep[0].health.ewma_at_us = NOW;
-    ep[1].health.ewma_us = 1000, ep[1].health.ewma_at_us = NOW;
+    set_ewma(&ep[0], 10000, NOW);
+    set_ewma(&ep[1], 1000, NOW);
     assert_int_equal(ewma_pick_count(p, &ep[1], NOW, &rng), 2000);
     /* Pending weighs in: 1 ms x 11 is dearer than 10 ms x 1. */
     mu_endpoint_pending_add(&ep[1], 10);
     assert_int_equal(ewma_pick_count(p, &ep[0], NOW, &rng), 2000);
     mu_endpoint_pending_add(&ep[1], -10);
     /* The fast one stalls: its oldest attempt has run 500 ms. */
-    ep[1].health.oldest_us = NOW - 500000;
+    set_oldest(&ep[1], NOW - 500000);
     assert_int_equal(ewma_pick_count(p, &ep[0], NOW, &rng), 2000);
-    ep[1].health.oldest_us = 0;
-    /* A slow average 30 s old has halved 15 times (every 2 s): 100 ms -> 3 us. */
-    ep[0].health.ewma_us = 100000, ep[0].health.ewma_at_us = NOW - 30000000;
+    set_oldest(&ep[1], 0);
+    /* A slow average 30 s old has halved 14 times (every 2.1 s): 100 ms -> 6 us. */
+    set_ewma(&ep[0], 100000, NOW - 30000000);
     assert_int_equal(ewma_pick_count(p, &ep[0], NOW, &rng), 2000);
     /* A new endpoint (no sample) against a known one: a coin toss. */
-    ep[0].health.ewma_us = 0;
+    set_ewma(&ep[0], 0, 0);
     size_t hits = ewma_pick_count(p, &ep[0], NOW, &rng);
     assert_true(hits > 800 && hits < 1200);
     CHECK(p);
+    mu_pool_free(p);
+    free(ep);
+}
+
+/* How many of 3000 ewma picks from p go to each of ep[0..n). */
+static void ewma_spread(mu_pool *p, mu_endpoint *ep, size_t n, uint64_t *rng, size_t *hits)
+{
+    memset(hits, 0, n * sizeof *hits);
+    for (int i = 0; i < 3000; i++)
+        hits[idx_of(ep, mu_pool_pick(p, MU_POLICY_EWMA, NULL, 0, NOW, rng))]++;
+    CHECK(p);
+}
+
+/* Three or more endpoints: the draw of three distinct by arithmetic and
+ * the straight-line comparison (all sampled), or the general one (some
+ * new). */
+static void test_ewma_three(void **state)
+{
+    (void)state;
+    uint64_t rng = 77;
+    size_t hits[6];
+    mu_endpoint *ep = eps_new(6);
+    mu_pool *p = pool_of(ep, 3);
+    set_ewma(&ep[0], 10000, NOW);
+    set_ewma(&ep[1], 1000, NOW);
+    set_ewma(&ep[2], 5000, NOW);
+    ewma_spread(p, ep, 3, &rng, hits); /* three of three: always the cheapest */
+    assert_int_equal(hits[1], 3000);
+    mu_endpoint_pending_add(&ep[1], 10); /* 1 ms x 11 > 5 ms x 1 */
+    ewma_spread(p, ep, 3, &rng, hits);
+    assert_int_equal(hits[2], 3000);
+    mu_endpoint_pending_add(&ep[1], -10);
+    set_oldest(&ep[1], NOW - 50000); /* stalled 50 ms: dearer than 5 ms */
+    ewma_spread(p, ep, 3, &rng, hits);
+    assert_int_equal(hits[2], 3000);
+    set_oldest(&ep[1], 0);
+    for (int i = 0; i < 3; i++) /* ties go either way, evenly */
+        set_ewma(&ep[i], 2000, NOW);
+    ewma_spread(p, ep, 3, &rng, hits);
+    for (int i = 0; i < 3; i++)
+        assert_true(hits[i] > 800 && hits[i] < 1200);
+    set_ewma(&ep[2], 0, 0); /* new: costed as the fastest drawn, a tie */
+    ewma_spread(p, ep, 3, &rng, hits);
+    for (int i = 0; i < 3; i++)
+        assert_true(hits[i] > 800 && hits[i] < 1200);
+    /* Six, two of them 20 times slower: a triple is never all slow. */
+    mu_pool_free(p);
+    p = pool_of(ep, 6);
+    for (int i = 0; i < 6; i++)
+        set_ewma(&ep[i], i < 2 ? 20000 : 1000, NOW);
+    ewma_spread(p, ep, 6, &rng, hits);
+    assert_int_equal(hits[0] + hits[1], 0);
+    for (int i = 2; i < 6; i++)
+        assert_true(hits[i] > 550 && hits[i] < 950);
+    set_down(&ep[3], NOW + 1000); /* ejected: never picked while others are up */
+    ewma_spread(p, ep, 6, &rng, hits);
+    assert_int_equal(hits[3], 0);
+    assert_int_equal(hits[0] + hits[1], 0);
     mu_pool_free(p);
     free(ep);
 }
@@ -488,7 +573,7 @@ static void test_hash_moves_little(void **state)
             moved, HASH_KEYS, 100.0 * (double)moved / HASH_KEYS);
     assert_true(moved > 0 && moved * 100 <= HASH_KEYS * 3 / 2); /* ~1%, at most 1.5% */
     /* Endpoint 5 is ejected, then back. */
-    ep[5].health.down_until_us = NOW + 1000;
+    set_down(&ep[5], NOW + 1000);
     hash_owners(p, ep, NOW, before);
     for (size_t k = 0; k < HASH_KEYS; k++)
         if (before[k] != after[k])
@@ -576,9 +661,9 @@ static void test_avoid(void **state)
         mu_endpoint *all[] = {&ep[2], &ep[0], &ep[1]};
         assert_ptr_equal(mu_pool_pick(p, pol, all, 3, NOW, &rng), &ep[2]);
         /* ... unless it is down: an up one first */
-        ep[2].health.down_until_us = NOW + 10;
+        set_down(&ep[2], NOW + 10);
         assert_ptr_equal(mu_pool_pick(p, pol, all, 3, NOW, &rng), &ep[0]);
-        ep[2].health.down_until_us = 0;
+        set_down(&ep[2], 0);
         CHECK(p);
     }
     mu_pool_free(p);
@@ -594,8 +679,8 @@ static void test_down(void **state)
     for (size_t k = 0; k < MU_ARRAY_LEN(all_policies); k++) {
         mu_policy pol = all_policies[k];
         uint64_t now = NOW + k * 1000;
-        ep[0].health.down_until_us = now + 100;
-        ep[2].health.down_until_us = now + 200;
+        set_down(&ep[0], now + 100);
+        set_down(&ep[2], now + 200);
         /* down ones are skipped while any other is up, even when loaded */
         mu_endpoint_pending_add(&ep[1], 5);
         for (int i = 0; i < 200; i++) {
@@ -610,8 +695,8 @@ static void test_down(void **state)
             assert_true(e == &ep[0] || e == &ep[2]);
         }
         /* all down: still an answer, spread by the policy */
-        ep[1].health.down_until_us = now + 300;
-        ep[3].health.down_until_us = now + 400;
+        set_down(&ep[1], now + 300);
+        set_down(&ep[3], now + 400);
         size_t seen[4] = {0};
         for (int i = 0; i < 400; i++)
             seen[idx_of(ep, mu_pool_pick(p, pol, NULL, 0, now, &rng))]++;
@@ -625,7 +710,7 @@ static void test_down(void **state)
         for (int i = 0; i < 50; i++)
             assert_ptr_equal(mu_pool_pick(p, pol, NULL, 0, now + 150, &rng), &ep[0]);
         /* a success clears one early (call.c clears, then ends the attempt) */
-        ep[3].health.down_until_us = 0;
+        set_down(&ep[3], 0);
         mu_endpoint_pending_add(&ep[3], +1);
         mu_endpoint_pending_add(&ep[3], -1);
         for (int i = 0; i < 50; i++) {
@@ -633,7 +718,7 @@ static void test_down(void **state)
             assert_true(e == &ep[0] || e == &ep[3]);
         }
         for (int i = 0; i < 4; i++)
-            ep[i].health.down_until_us = 0;
+            set_down(&ep[i], 0);
         mu_endpoint_pending_add(&ep[1], -5);
         for (int i = 0; i < 8; i++)
             (void)mu_pool_pick(p, pol, NULL, 0, now + 1000, &rng);
@@ -653,7 +738,7 @@ static void test_lp_parking(void **state)
     mu_pool *p = pool_of(ep, N);
     uint64_t rng = 31;
     for (int i = 0; i < N; i += 2)
-        ep[i].health.down_until_us = NOW + 1000 + (uint64_t)(i * 7 % 13);
+        set_down(&ep[i], NOW + 1000 + (uint64_t)(i * 7 % 13));
     size_t inflight_n = 0;
     mu_endpoint *inflight[64];
     for (int k = 0; k < 5000; k++) {
@@ -672,8 +757,8 @@ static void test_lp_parking(void **state)
     }
     assert_int_equal(p->nheap, N / 2);
     /* one extended while parked, one cleared */
-    ep[0].health.down_until_us = NOW + 5000;
-    ep[2].health.down_until_us = 0;
+    set_down(&ep[0], NOW + 5000);
+    set_down(&ep[2], 0);
     mu_endpoint_pending_add(&ep[2], +1);
     mu_endpoint_pending_add(&ep[2], -1);
     assert_int_equal(p->nheap, N / 2 - 1);
@@ -706,7 +791,7 @@ static void test_set_diff_with_pending(void **state)
     mu_endpoint_pending_add(&ep[0], 2);
     mu_endpoint_pending_add(&ep[1], 1);
     mu_endpoint_pending_add(&ep[5], 3); /* not in the pool yet */
-    ep[2].health.down_until_us = NOW + 100;
+    set_down(&ep[2], NOW + 100);
     (void)mu_pool_pick(p, MU_POLICY_LEAST_PENDING, NULL, 0, NOW, &rng); /* parks 2 */
     assert_int_equal(p->nheap, 1);
     CHECK(p);
@@ -835,7 +920,7 @@ static void test_fuzz(void **state)
             assert_int_equal(mu_pool_set(q, v, n), 0);
         } else if (op < 6) {
             mu_endpoint *e = &ep[rand_below(&rng, N)];
-            e->health.down_until_us = rand_below(&rng, 2) ? now + rand_below(&rng, 5000) : 0;
+            set_down(e, rand_below(&rng, 2) ? now + rand_below(&rng, 5000) : 0);
             mu_endpoint_pending_add(e, +1); /* as call.c: marked, then the attempt ends */
             mu_endpoint_pending_add(e, -1);
         } else if (op < 8) {
@@ -897,6 +982,7 @@ int main(void)
         cmocka_unit_test(test_lp_deep_levels),
         cmocka_unit_test(test_p2c_never_max),
         cmocka_unit_test(test_ewma),
+        cmocka_unit_test(test_ewma_three),
         cmocka_unit_test(test_hash_moves_little),
         cmocka_unit_test(test_p2c_ties_uniform),
         cmocka_unit_test(test_avoid),
