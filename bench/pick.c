@@ -3,7 +3,13 @@
  * 10,000 endpoints, with pending counts moving as under load: every
  * iteration picks, starts the call (pending_add +1) and ends a random one of
  * the K*N calls in flight (pending_add -1). The same loop with a trivial
- * modulo pick is the baseline, so "pick" below is the policy's own cost.
+ * pick, an index drawn at random, is the baseline, so "pick" below is the
+ * policy's own cost: every pick that spreads load lands on endpoints spread
+ * over memory (each is its own 64-byte aligned allocation, as view.c makes
+ * them), and the baseline pays for reaching that endpoint too.
+ * Each run has a pool of its own, as a client using that policy has: a
+ * pool keeps least-pending's index only once least-pending picks from it,
+ * and that bookkeeping (in pending_add) is least-pending's cost.
  *
  * Build without sanitizers, e.g. from the top of the tree:
  *   gcc -O2 -I include -I src -I . bench/pick.c src/balance.c -o /tmp/pick
@@ -18,16 +24,17 @@
 
 #include "balance.h"
 
+enum { PICK_REPS = 15 };
+
 typedef struct bench {
     mu_pool *pool;
-    mu_endpoint *eps;
+    mu_endpoint **v; /* the pool's endpoints, for a fresh pool per run */
     size_t n;
     mu_endpoint **inflight;
     size_t ninflight;
     uint64_t rng;
     uint64_t now;
     size_t navoid;
-    size_t mod; /* the baseline's cursor */
 } bench;
 
 static uint64_t now_ns(void)
@@ -37,14 +44,11 @@ static uint64_t now_ns(void)
     return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
-/* policy -1: the baseline, a modulo pick. */
+/* policy -1: the baseline, an index drawn at random. */
 static mu_endpoint *pick(bench *b, int policy, mu_endpoint *const *avoid)
 {
-    if (policy < 0) {
-        if (++b->mod >= b->n)
-            b->mod = 0;
-        return mu_pool_get(b->pool, b->mod);
-    }
+    if (policy < 0)
+        return b->v[(size_t)(((mu_rand(&b->rng) >> 32) * b->n) >> 32)];
     return mu_pool_pick(b->pool, (mu_policy)policy, avoid, b->navoid, b->now, &b->rng);
 }
 
@@ -52,14 +56,20 @@ static mu_endpoint *pick(bench *b, int policy, mu_endpoint *const *avoid)
 static double run(bench *b, int policy, long iters)
 {
     mu_endpoint *avoid[1];
-    /* fill the calls in flight with this policy's own picks */
+    /* a fresh pool, filled with this policy's own picks in flight */
     for (size_t i = 0; i < b->ninflight; i++) {
         if (b->inflight[i])
             mu_endpoint_pending_add(b->inflight[i], -1);
         b->inflight[i] = NULL;
     }
+    mu_pool_free(b->pool);
+    b->pool = mu_pool_new();
+    if (!b->pool || mu_pool_set(b->pool, b->v, b->n) != 0) {
+        fprintf(stderr, "out of memory\n");
+        exit(1);
+    }
     for (size_t i = 0; i < b->ninflight; i++) {
-        avoid[0] = &b->eps[mu_rand(&b->rng) % b->n];
+        avoid[0] = b->v[mu_rand(&b->rng) % b->n];
         mu_endpoint *e = pick(b, policy, avoid);
         mu_endpoint_pending_add(e, +1);
         b->inflight[i] = e;
@@ -67,7 +77,7 @@ static double run(bench *b, int policy, long iters)
     uint64_t t0 = now_ns();
     for (long k = 0; k < iters; k++) {
         uint64_t r = mu_rand(&b->rng);
-        avoid[0] = &b->eps[(size_t)(((r & 0xffffffffu) * b->n) >> 32)];
+        avoid[0] = b->v[(size_t)(((r & 0xffffffffu) * b->n) >> 32)];
         mu_endpoint *e = pick(b, policy, avoid);
         mu_endpoint_pending_add(e, +1);
         size_t slot = (size_t)(((r >> 32) * b->ninflight) >> 32);
@@ -86,35 +96,40 @@ static void scenario(size_t n, int down_pct, size_t navoid, long iters, int k)
     b.rng = 0x9E3779B97F4A7C15ull ^ n;
     b.now = 1000000000ull;
     b.navoid = navoid;
-    b.eps = calloc(n, sizeof *b.eps);
     mu_endpoint **v = calloc(n, sizeof *v);
+    b.v = v;
     b.ninflight = n * (size_t)k;
     b.inflight = calloc(b.ninflight, sizeof *b.inflight);
-    b.pool = mu_pool_new();
-    if (!b.eps || !v || !b.inflight || !b.pool) {
+    if (!v || !b.inflight) {
         fprintf(stderr, "out of memory\n");
         exit(1);
     }
     for (size_t i = 0; i < n; i++) {
-        snprintf(b.eps[i].key, sizeof b.eps[i].key, "10.%zu.%zu.%zu:8000", i >> 16,
+        size_t sz = (sizeof(mu_endpoint) + 63) / 64 * 64;
+        mu_endpoint *e = aligned_alloc(64, sz);
+        if (!e) {
+            fprintf(stderr, "out of memory\n");
+            exit(1);
+        }
+        memset(e, 0, sizeof *e);
+        v[i] = e;
+        snprintf(e->key, sizeof e->key, "10.%zu.%zu.%zu:8000", i >> 16,
                  (i >> 8) & 255, i & 255);
-        v[i] = &b.eps[i];
+        /* as under load: every endpoint has answered (ewma's usual path) */
+        e->health.ewma_us = 500 + (i * 37) % 1000;
+        e->health.ewma_at_us = b.now;
     }
     size_t ndown = down_pct ? (n * (size_t)down_pct + 99) / 100 : 0;
     for (size_t i = 0; i < ndown; i++) /* spread out, not a block */
-        b.eps[(i * 7919) % n].health.down_until_us = b.now + 3600000000ull;
-    if (mu_pool_set(b.pool, v, n) != 0) {
-        fprintf(stderr, "out of memory\n");
-        exit(1);
-    }
+        v[(i * 7919) % n]->health.down_until_us = b.now + 3600000000ull;
 
-    /* Runs interleaved, best of REPS: other load on the machine hits all
-     * policies alike rather than whichever ran at the time. */
-    enum { REPS = 5 };
+    /* Short runs interleaved, best of REPS: other load on the machine (a
+     * shared VM's neighbours come and go over seconds) hits all policies
+     * alike rather than whichever ran at the time. */
     double best[MU_POLICY_HASH + 2]; /* the baseline, then each policy */
     for (int p = 0; p < MU_POLICY_HASH + 2; p++)
         best[p] = 1e30;
-    for (int r = 0; r < REPS; r++)
+    for (int r = 0; r < PICK_REPS; r++)
         for (int p = -1; p <= MU_POLICY_HASH; p++) {
             double t = run(&b, p, iters);
             if (t < best[p + 1])
@@ -131,8 +146,9 @@ static void scenario(size_t n, int down_pct, size_t navoid, long iters, int k)
         mu_endpoint_pending_add(b.inflight[i], -1);
     mu_pool_free(b.pool);
     free(b.inflight);
+    for (size_t i = 0; i < n; i++)
+        free(v[i]);
     free(v);
-    free(b.eps);
 }
 
 int main(int argc, char **argv)
@@ -144,10 +160,10 @@ int main(int argc, char **argv)
         return 2;
     }
     static const size_t sizes[] = {10, 1000, 10000};
-    printf("%ld iterations, best of 5 interleaved runs; %d call(s) in flight per endpoint; each iteration is\n"
+    printf("%ld iterations a run, best of %d interleaved runs; %d call(s) in flight per endpoint; each iteration is\n"
            "pick + pending_add(+1) + pending_add(-1) on a random call in flight.\n"
-           "ns/iter: the whole iteration; ns/pick: minus the baseline (modulo pick).\n\n",
-           iters, k);
+           "ns/iter: the whole iteration; ns/pick: minus the baseline (an index drawn at random).\n\n",
+           iters, (int)PICK_REPS, k);
     printf("%6s  %5s  %5s  %-14s %8s %8s %7s\n", "n", "down", "avoid", "policy", "ns/iter",
            "ns/pick", "ratio");
     for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++)
