@@ -15,7 +15,39 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* Test hook: balance.c's allocations fail from the fail_at-th one counted
+ * (0 first), fail_n of them; off while fail_at < 0. */
+static long fail_at = -1, fail_n, nalloc;
+static int alloc_fails(void)
+{
+    if (fail_at < 0)
+        return 0;
+    long k = nalloc++;
+    return k >= fail_at && k < fail_at + fail_n;
+}
+static void *bal_malloc(size_t n)
+{
+    return alloc_fails() ? NULL : malloc(n);
+}
+static void *bal_calloc(size_t a, size_t b)
+{
+    return alloc_fails() ? NULL : calloc(a, b);
+}
+static void *bal_realloc(void *ptr, size_t n)
+{
+    return alloc_fails() ? NULL : realloc(ptr, n);
+}
+static void fail_from(long at, long n)
+{
+    fail_at = at, fail_n = n, nalloc = 0;
+}
+#define malloc bal_malloc
+#define calloc bal_calloc
+#define realloc bal_realloc
 #include "../src/balance.c"
+#undef malloc
+#undef calloc
+#undef realloc
 
 /* ------------------------------------------------------------ checker */
 
@@ -966,6 +998,167 @@ static void test_fuzz(void **state)
     free(ep);
 }
 
+/* Every policy (ewma and hash included), pools that least-pending never
+ * picks from, starts late on, or that are freed and made again, health
+ * changes told by mu_endpoint_sync alone (no pending_add after them to
+ * refresh the copies), and what a pick must honour checked against the
+ * endpoints themselves: an up, unavoided endpoint whenever there is one,
+ * an unavoided one whenever there is one, and least-pending's minimum. */
+static int holds(mu_endpoint *const *v, size_t n, const mu_endpoint *e)
+{
+    for (size_t i = 0; i < n; i++)
+        if (v[i] == e)
+            return 1;
+    return 0;
+}
+
+static void test_fuzz_all_policies(void **state)
+{
+    (void)state;
+    enum { N = 12, POOLS = 3 };
+    mu_endpoint *ep = eps_new(N);
+    mu_pool *p[POOLS];
+    for (int i = 0; i < POOLS; i++)
+        p[i] = pool_of(ep, 0);
+    uint64_t rng = 7, now = NOW;
+    mu_endpoint *inflight[256];
+    size_t nin = 0;
+    for (int step = 0; step < 40000; step++) {
+        int op = (int)rand_below(&rng, 100), pi = (int)rand_below(&rng, POOLS);
+        mu_pool *q = p[pi];
+        if (op < 3) {
+            mu_endpoint *v[N];
+            size_t n = 0, keep = rand_below(&rng, 4);
+            for (size_t i = 0; i < N; i++)
+                if (rand_below(&rng, 4) <= keep)
+                    v[n++] = &ep[i];
+            assert_int_equal(mu_pool_set(q, v, n), 0);
+        } else if (op == 3) {
+            if (rand_below(&rng, 10) == 0) {
+                mu_pool_free(q);
+                p[pi] = q = pool_of(ep, 0);
+            }
+        } else if (op < 10) {
+            mu_endpoint *e = &ep[rand_below(&rng, N)];
+            switch (rand_below(&rng, 3)) {
+            case 0:
+                set_down(e, rand_below(&rng, 2) ? now + rand_below(&rng, 5000000) : 0);
+                break;
+            case 1:
+                set_ewma(e, rand_below(&rng, 3) ? 1 + rand_below(&rng, 100000) : 0,
+                         now - rand_below(&rng, 10000000));
+                break;
+            default:
+                set_oldest(e, rand_below(&rng, 2) ? now - rand_below(&rng, 1000000) : 0);
+            }
+        } else if (op < 14) {
+            now += rand_below(&rng, 1000000);
+        } else if (op < 65 || nin == 0) {
+            mu_endpoint *avoid[3];
+            size_t na = rand_below(&rng, 4);
+            for (size_t i = 0; i < na; i++)
+                avoid[i] = &ep[rand_below(&rng, N)];
+            mu_policy pol = (mu_policy)rand_below(&rng, 6);
+            if (pol == MU_POLICY_LEAST_PENDING && (pi == 0 || (pi == 1 && step < 20000)))
+                pol = MU_POLICY_EWMA; /* pool 0 never least-pending, pool 1 late */
+            mu_endpoint *e = mu_pool_pick(q, pol, avoid, na, now, &rng);
+            size_t n = mu_pool_size(q);
+            if (!n) {
+                assert_null(e);
+                continue;
+            }
+            assert_non_null(e);
+            int any_up = 0, any_free = 0, minp = INT32_MAX;
+            for (size_t i = 0; i < n; i++) {
+                mu_endpoint *o = mu_pool_get(q, i);
+                if (holds(avoid, na, o))
+                    continue;
+                any_free = 1;
+                if (o->health.down_until_us > now)
+                    continue;
+                any_up = 1;
+                minp = o->pending < minp ? o->pending : minp;
+            }
+            int in = 0;
+            for (size_t i = 0; i < n; i++)
+                in |= mu_pool_get(q, i) == e;
+            assert_true(in);
+            if (n > 1 && any_free)
+                assert_false(holds(avoid, na, e));
+            if (n > 1 && any_up) {
+                assert_true(e->health.down_until_us <= now);
+                if (pol == MU_POLICY_LEAST_PENDING)
+                    assert_int_equal(e->pending, minp);
+            }
+            if (nin < 256) {
+                mu_endpoint_pending_add(e, +1);
+                inflight[nin++] = e;
+            }
+        } else {
+            size_t r = rand_below(&rng, nin);
+            mu_endpoint_pending_add(inflight[r], -1);
+            inflight[r] = inflight[--nin];
+        }
+        for (int i = 0; i < POOLS; i++)
+            CHECK(p[i]);
+    }
+    assert_int_equal(p[0]->lp_on, 0);
+    while (nin)
+        mu_endpoint_pending_add(inflight[--nin], -1);
+    for (int i = 0; i < POOLS; i++) {
+        CHECK(p[i]);
+        mu_pool_free(p[i]);
+    }
+    for (int i = 0; i < N; i++)
+        assert_null(ep[i].members);
+    free(ep);
+}
+
+/* Every mu_pool_set allocation failing in turn, for a pool that least-
+ * pending uses (a parked member) and one it does not: -1, the pool as it
+ * was, nothing leaked (ASan), and the next set works. */
+static void test_set_alloc_failures(void **state)
+{
+    (void)state;
+    enum { N = 10 };
+    for (int lp = 0; lp < 2; lp++) {
+        int done = 0;
+        for (long k = 0; !done; k++) {
+            mu_endpoint *ep = eps_new(N);
+            mu_pool *p = pool_of(ep, 6), *p2 = pool_of(ep, 4);
+            uint64_t rng = 5;
+            set_down(&ep[1], NOW + 1000);
+            mu_endpoint *others[] = {&ep[0], &ep[2], &ep[3], &ep[4], &ep[5]};
+            if (lp) /* walks past every other one: parks 1 */
+                (void)mu_pool_pick(p, MU_POLICY_LEAST_PENDING, others, 5, NOW, &rng);
+            assert_int_equal(p->nheap, (size_t)lp);
+            mu_endpoint_pending_add(&ep[2], 3);
+            mu_endpoint *v[N - 2];
+            for (size_t i = 0; i < N - 2; i++)
+                v[i] = &ep[i + 1]; /* 0 leaves, 1..5 stay (1 parked), 6..9 join */
+            fail_from(k, 1);
+            int rc = mu_pool_set(p, v, N - 2);
+            fail_from(-1, 0);
+            CHECK(p);
+            CHECK(p2);
+            assert_int_equal(mu_pool_size(p), rc == 0 ? N - 2 : 6);
+            done = rc == 0;
+            for (int t = 0; t < 60; t++) {
+                mu_endpoint *e = mu_pool_pick(p, (mu_policy)(t % 6), NULL, 0, NOW + t, &rng);
+                mu_endpoint_pending_add(e, +1);
+                mu_endpoint_pending_add(e, -1);
+            }
+            CHECK(p);
+            mu_endpoint_pending_add(&ep[2], -3);
+            mu_pool_free(p);
+            mu_pool_free(p2);
+            for (int i = 0; i < N; i++)
+                assert_null(ep[i].members);
+            free(ep);
+        }
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -992,6 +1185,8 @@ int main(void)
         cmocka_unit_test(test_free_with_pending),
         cmocka_unit_test(test_two_pools),
         cmocka_unit_test(test_fuzz),
+        cmocka_unit_test(test_fuzz_all_policies),
+        cmocka_unit_test(test_set_alloc_failures),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
