@@ -223,9 +223,32 @@ static void lv_to_tail(levels *L, member *m)
     h->bprev = m;
 }
 
+/* After the level arrays grew: the nodes that a failed growth left in the
+ * old top level (with more pending than it stands for) go to the level of
+ * their pending count. O(nodes at that level), once per growth. */
+static void relevel_top(mu_pool *p, levels *L, size_t top)
+{
+    member *m = L->head[top];
+    size_t k = 0;
+    for (member *o = m; o && (k == 0 || o != m); o = o->bnext)
+        k++;
+    while (k--) {
+        member *next = m->bnext;
+        size_t want = m->ep->pending > 0 ? (size_t)m->ep->pending : 0;
+        want = want < p->cap ? want : p->cap - 1;
+        if (want != top) {
+            lv_unlink(L, m);
+            lv_link(L, m, want);
+        }
+        m = next;
+    }
+    lv_fixmin(L);
+}
+
 /* The level for a pending count, growing both level sets if needed (rare,
  * amortised). If that fails, counts at the top share the top level: their
- * order among themselves is then only approximate. */
+ * order among themselves is then only approximate, until a growth that
+ * succeeds puts them back in order (relevel_top). */
 static size_t level_for(mu_pool *p, int pending)
 {
     size_t want = pending > 0 ? (size_t)pending : 0;
@@ -244,7 +267,10 @@ static size_t level_for(mu_pool *p, int pending)
     p->parked.head = b;
     memset(a + p->cap, 0, (ncap - p->cap) * sizeof *a);
     memset(b + p->cap, 0, (ncap - p->cap) * sizeof *b);
+    size_t top = p->cap - 1;
     p->cap = ncap;
+    relevel_top(p, &p->up, top);
+    relevel_top(p, &p->parked, top);
     return want;
 }
 

@@ -1159,6 +1159,32 @@ static void test_set_alloc_failures(void **state)
     }
 }
 
+/* A level array that failed to grow puts higher counts in the top level
+ * ("approximate"). But once a later growth succeeds, those nodes stay in
+ * the old top level, below endpoints that have less pending: least-pending
+ * then prefers an endpoint with 20 in flight to one with 17. (Not from the
+ * hot-copies change: level_for was so before.) */
+static void test_level_after_failed_growth(void **state)
+{
+    (void)state;
+    uint64_t rng = 3;
+    mu_endpoint *ep = eps_new(3);
+    mu_pool *p = pool_of(ep, 3);
+    (void)mu_pool_pick(p, MU_POLICY_LEAST_PENDING, NULL, 0, NOW, &rng); /* lp_on */
+    fail_from(0, 1);
+    mu_endpoint_pending_add(&ep[0], 20); /* growth fails: the top level, 15 */
+    fail_from(-1, 0);
+    mu_endpoint_pending_add(&ep[2], 17); /* grows to 32 */
+    mu_endpoint_pending_add(&ep[1], 25);
+    assert_ptr_equal(mu_pool_pick(p, MU_POLICY_LEAST_PENDING, NULL, 0, NOW, &rng), &ep[2]);
+    CHECK(p);
+    mu_endpoint_pending_add(&ep[0], -20);
+    mu_endpoint_pending_add(&ep[1], -25);
+    mu_endpoint_pending_add(&ep[2], -17);
+    mu_pool_free(p);
+    free(ep);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1187,6 +1213,7 @@ int main(void)
         cmocka_unit_test(test_fuzz),
         cmocka_unit_test(test_fuzz_all_policies),
         cmocka_unit_test(test_set_alloc_failures),
+        cmocka_unit_test(test_level_after_failed_growth),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
