@@ -1,8 +1,8 @@
 /*
  * bench/discovery: what discovery costs with 1,000 providers.
  *
- * A helper session (zookeeper_st on the same event_base, driven by
- * src/zkloop) creates N provider nodes for disco:echo directly in
+ * A helper session (bench/zkw.h: zookeeper_st on the same event_base,
+ * driven by src/zkloop) creates N provider nodes for disco:echo directly in
  * ZooKeeper, data {"host": "127.0.0.1", "port": P} with distinct ports
  * (nothing listens: no call is made). Then:
  *
@@ -29,10 +29,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <zookeeper/zookeeper.h>
 
-#include "zkloop.h"
+#include "zkw.h"
 
 #define TARGET "disco:echo"
 #define ROOT "/dubbo/disco/echo/provider"
@@ -40,25 +39,12 @@
 
 static struct {
     struct event_base *base;
-    struct event *deadline;
-    zhandle_t *zh;
-    mu_zkloop *zl;
-    int connected;
-    long outstanding;
-    int create_errors;
+    zkw helper; /* the helper session (bench/zkw.h) */
     size_t want; /* endpoints the watch waits for */
     size_t seen;
     uint64_t t_seen;
-    int timed_out;
     int hit;
 } g;
-
-static uint64_t now_us(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
-}
 
 static void die(const char *what)
 {
@@ -66,78 +52,16 @@ static void die(const char *what)
     exit(1);
 }
 
-static void on_deadline(evutil_socket_t fd, short what, void *arg)
+static int watch_hit(const zkw *w)
 {
-    (void)fd;
-    (void)what;
-    (void)arg;
-    g.timed_out = 1;
+    (void)w;
+    return g.hit;
 }
 
-static int is_connected(void) { return g.connected; }
-static int none_outstanding(void) { return g.outstanding == 0; }
-static int watch_hit(void) { return g.hit; }
-
-/* Runs the loop until cond() holds; gives up after 30 s. */
-static void wait_for(int (*cond)(void), const char *what)
+/* Runs the loop until cond holds; gives up after 30 s. */
+static void wait_for(int (*cond)(const zkw *), const char *what)
 {
-    struct timeval tv = {30, 0};
-    g.timed_out = 0;
-    evtimer_add(g.deadline, &tv);
-    while (!cond() && !g.timed_out)
-        event_base_loop(g.base, EVLOOP_ONCE);
-    evtimer_del(g.deadline);
-    if (!cond()) {
-        fprintf(stderr, "discovery: timed out waiting for %s\n", what);
-        exit(1);
-    }
-}
-
-/* ------------------------------------------------------------ helper session */
-
-static void zk_watcher(zhandle_t *zh, int type, int state, const char *path, void *ctx)
-{
-    (void)zh;
-    (void)path;
-    (void)ctx;
-    if (type == ZOO_SESSION_EVENT && state == ZOO_CONNECTED_STATE)
-        g.connected = 1;
-}
-
-static void on_created(int rc, const char *value, const void *data)
-{
-    (void)value;
-    if (rc != ZOK && !(rc == ZNODEEXISTS && data != NULL)) {
-        if (g.create_errors++ < 3)
-            fprintf(stderr, "discovery: create failed: %s\n", zerror(rc));
-    }
-    g.outstanding--;
-}
-
-static void on_deleted(int rc, const void *data)
-{
-    (void)data;
-    if (rc != ZOK && g.create_errors++ < 3)
-        fprintf(stderr, "discovery: delete failed: %s\n", zerror(rc));
-    g.outstanding--;
-}
-
-/* parent != 0: an existing node is fine. */
-static void create(const char *path, const char *data, int parent)
-{
-    int rc = zoo_acreate(g.zh, path, data, data ? (int)strlen(data) : -1, &ZOO_OPEN_ACL_UNSAFE, 0,
-                         on_created, parent ? "parent" : NULL);
-    if (rc != ZOK)
-        die(zerror(rc));
-    g.outstanding++;
-}
-
-static void create_provider(int i)
-{
-    char path[256], data[128];
-    snprintf(path, sizeof path, ROOT "/p%06d", i);
-    snprintf(data, sizeof data, "{\"host\": \"127.0.0.1\", \"port\": %d}", BASE_PORT + i);
-    create(path, data, 0);
+    zkw_wait(&g.helper, cond, 30, what);
 }
 
 /* ------------------------------------------------------------ the client */
@@ -148,7 +72,7 @@ static void on_watch(const char *target, size_t n, void *user)
     (void)user;
     g.seen = n;
     if (n == g.want && !g.hit) {
-        g.t_seen = now_us();
+        g.t_seen = zkw_now_us();
         g.hit = 1;
     }
 }
@@ -205,30 +129,20 @@ int main(int argc, char **argv)
     }
 
     g.base = event_base_new();
-    g.deadline = g.base ? evtimer_new(g.base, on_deadline, NULL) : NULL;
-    g.zl = g.base ? mu_zkloop_new(g.base) : NULL;
-    if (!g.deadline || !g.zl)
+    if (!g.base || zkw_init(&g.helper, g.base, "discovery", ROOT, BASE_PORT) != 0)
         die("setup failed");
     zoo_set_debug_level(ZOO_LOG_LEVEL_ERROR);
-    g.zh = zookeeper_init(zk, zk_watcher, 10000, NULL, NULL, 0);
-    if (!g.zh)
+    if (zkw_open(&g.helper, zk, 10000) != 0)
         die("zookeeper_init failed");
-    mu_zkloop_attach(g.zl, g.zh);
-    wait_for(is_connected, "the helper's ZooKeeper session");
+    wait_for(zkw_connected, "the helper's ZooKeeper session");
 
     /* N providers, pipelined: one session runs its requests in order. */
-    uint64_t t0 = now_us();
-    create("/dubbo", "", 1);
-    create("/dubbo/disco", "", 1);
-    create("/dubbo/disco/echo", "", 1);
-    create(ROOT, "", 1);
-    for (int i = 0; i < n; i++)
-        create_provider(i);
-    mu_zkloop_update(g.zl);
-    wait_for(none_outstanding, "the provider nodes to be created");
-    if (g.create_errors)
+    uint64_t t0 = zkw_now_us();
+    zkw_create_providers(&g.helper, n);
+    wait_for(zkw_idle, "the provider nodes to be created");
+    if (g.helper.errors)
         die("could not create the provider nodes");
-    printf("CREATE providers=%d ms=%.1f\n", n, (double)(now_us() - t0) / 1000.0);
+    printf("CREATE providers=%d ms=%.1f\n", n, (double)(zkw_now_us() - t0) / 1000.0);
 
     /* Cold loads: a fresh client each time. */
     uint64_t *us = calloc((size_t)reps, sizeof *us);
@@ -239,7 +153,7 @@ int main(int argc, char **argv)
         g.want = (size_t)n;
         g.hit = 0;
         g.seen = 0;
-        t0 = now_us();
+        t0 = zkw_now_us();
         mu_client *cl = client_new(zk);
         if (mu_client_watch(cl, TARGET, on_watch, NULL) != MU_OK)
             die(mu_client_errmsg(cl));
@@ -275,9 +189,9 @@ int main(int argc, char **argv)
         mu_client_stats_get(cl, &a, sizeof a);
         g.want = (size_t)n + 1;
         g.hit = 0;
-        t0 = now_us();
-        create_provider(n + r);
-        mu_zkloop_update(g.zl);
+        t0 = zkw_now_us();
+        zkw_create_provider(&g.helper, n + r);
+        mu_zkloop_update(g.helper.zl);
         wait_for(watch_hit, "a join");
         us[r] = g.t_seen - t0;
         mu_client_stats_get(cl, &b, sizeof b);
@@ -289,19 +203,15 @@ int main(int argc, char **argv)
         if (dget > get_max)
             get_max = dget;
         /* the create's own completion may still be queued: let it land */
-        wait_for(none_outstanding, "the create's completion");
+        wait_for(zkw_idle, "the create's completion");
 
         /* leave */
-        char path[256];
-        snprintf(path, sizeof path, ROOT "/p%06d", n + r);
         mu_client_stats_get(cl, &a, sizeof a);
         g.want = (size_t)n;
         g.hit = 0;
-        t0 = now_us();
-        if (zoo_adelete(g.zh, path, -1, on_deleted, NULL) != ZOK)
-            die("zoo_adelete failed");
-        g.outstanding++;
-        mu_zkloop_update(g.zl);
+        t0 = zkw_now_us();
+        zkw_delete_provider(&g.helper, n + r);
+        mu_zkloop_update(g.helper.zl);
         wait_for(watch_hit, "a leave");
         leave_us[r] = g.t_seen - t0;
         mu_client_stats_get(cl, &b, sizeof b);
@@ -313,7 +223,7 @@ int main(int argc, char **argv)
             lgc_max = dgc;
         if (dget > lget_max)
             lget_max = dget;
-        wait_for(none_outstanding, "the delete's completion");
+        wait_for(zkw_idle, "the delete's completion");
     }
     summary("JOIN", us, reps, gc_max, get_max, (size_t)n + 1);
     summary("LEAVE", leave_us, reps, lgc_max, lget_max, (size_t)n);
@@ -321,10 +231,7 @@ int main(int argc, char **argv)
 
     free(us);
     free(leave_us);
-    mu_zkloop_attach(g.zl, NULL);
-    zookeeper_close(g.zh);
-    mu_zkloop_free(g.zl);
-    event_free(g.deadline);
+    zkw_close(&g.helper);
     event_base_free(g.base);
-    return g.create_errors ? 1 : 0;
+    return g.helper.errors ? 1 : 0;
 }

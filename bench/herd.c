@@ -3,13 +3,14 @@
  *
  * One process, one event_base, --clients mu_clients (200), each with its own
  * ZooKeeper session, all watching herd:echo, under which a helper session
- * (zookeeper_st on the same base, driven by src/zkloop) creates --providers
- * nodes (100) directly, data {"host": "127.0.0.1", "port": P} (nothing
- * listens: no call is made). The program starts its own ZooKeeper
- * (tests/testbed.c, compiled in) so that it can stop and restart it on the
- * same port and data directory. The server lives in a helper thread that
- * owns it from start to free (testbed's children die with the thread that
- * forked them), so the loop keeps running while the JVM stops and starts.
+ * (bench/zkw.h: zookeeper_st on the same base, driven by src/zkloop)
+ * creates --providers nodes (100) directly, data {"host": "127.0.0.1",
+ * "port": P} (nothing listens: no call is made). The program starts its
+ * own ZooKeeper (tests/testbed.c, compiled in) so that it can stop and
+ * restart it on the same port and data directory. The server lives in a
+ * helper thread that owns it from start to free (testbed's children die
+ * with the thread that forked them), so the loop keeps running while the
+ * JVM stops and starts.
  *
  *   join:    the helper creates one more node; the time from the create
  *            until every client's watch reports it, and each client's
@@ -53,12 +54,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 #include <zookeeper/zookeeper.h>
 
 #include "../tests/testbed.h"
-#include "zkloop.h"
+#include "zkw.h"
 
 #define TARGET "herd:echo"
 #define ROOT "/dubbo/herd/echo/provider"
@@ -78,16 +78,11 @@ typedef struct client {
 
 static struct {
     struct event_base *base;
-    struct event *deadline, *tick;
-    zhandle_t *zh;
-    mu_zkloop *zl;
-    int connected;
-    long outstanding;
-    int errors;
+    struct event *tick;
+    zkw helper; /* the helper session (bench/zkw.h) */
     int nclients;
     client *cl;
     size_t want;
-    int timed_out;
     /* restart phase */
     int watching; /* the 10 ms tick follows reconnects and re-lists */
     uint64_t t_next_window;
@@ -116,13 +111,6 @@ static struct {
     uint64_t s_t[MAX_WINDOWS * 2];
     long long s_packets[MAX_WINDOWS * 2];
 } srv = {.mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER};
-
-static uint64_t now_us(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
-}
 
 static void die(const char *what)
 {
@@ -157,7 +145,7 @@ static void *server_main(void *arg)
         usleep((useconds_t)srv.down_ms * 1000);
         if (tb_zk_restart(zk) != 0)
             atomic_store(&srv.failed, 1);
-        atomic_store(&srv.t_up, now_us());
+        atomic_store(&srv.t_up, zkw_now_us());
         atomic_store(&srv.busy, 0);
         pthread_mutex_lock(&srv.mu);
     }
@@ -189,17 +177,17 @@ static long long packets_received(void)
 static void *sampler_main(void *arg)
 {
     (void)arg;
-    uint64_t next = now_us();
+    uint64_t next = zkw_now_us();
     while (atomic_load(&srv.sampling)) {
         long long v = packets_received();
         int i = atomic_load(&srv.nsamples);
         if (i < MAX_WINDOWS * 2) {
-            srv.s_t[i] = now_us();
+            srv.s_t[i] = zkw_now_us();
             srv.s_packets[i] = v;
             atomic_store(&srv.nsamples, i + 1);
         }
         next += WINDOW_MS * 1000u;
-        uint64_t t = now_us();
+        uint64_t t = zkw_now_us();
         if (next > t)
             usleep((useconds_t)(next - t));
         else
@@ -210,76 +198,19 @@ static void *sampler_main(void *arg)
 
 /* ------------------------------------------------------------ the loop */
 
-static void on_deadline(evutil_socket_t fd, short what, void *arg)
+static void wait_for(int (*cond)(const zkw *), int seconds, const char *what)
 {
-    (void)fd;
-    (void)what;
-    (void)arg;
-    g.timed_out = 1;
-}
-
-static void wait_for(int (*cond)(void), int seconds, const char *what)
-{
-    struct timeval tv = {seconds, 0};
-    g.timed_out = 0;
-    evtimer_add(g.deadline, &tv);
-    while (!cond() && !g.timed_out)
-        event_base_loop(g.base, EVLOOP_ONCE);
-    evtimer_del(g.deadline);
-    if (!cond()) {
-        fprintf(stderr, "herd: timed out waiting for %s\n", what);
-        exit(1);
-    }
+    zkw_wait(&g.helper, cond, seconds, what);
 }
 
 static void run_for(int ms)
 {
-    struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
-    g.timed_out = 0;
-    evtimer_add(g.deadline, &tv);
-    while (!g.timed_out)
-        event_base_loop(g.base, EVLOOP_ONCE);
+    zkw_run_for(&g.helper, ms);
 }
 
-static void zk_watcher(zhandle_t *zh, int type, int state, const char *path, void *ctx)
+static int all_hit(const zkw *w)
 {
-    (void)zh;
-    (void)path;
-    (void)ctx;
-    if (type == ZOO_SESSION_EVENT)
-        g.connected = state == ZOO_CONNECTED_STATE;
-}
-
-static void on_created(int rc, const char *value, const void *data)
-{
-    (void)value;
-    if (rc != ZOK && !(rc == ZNODEEXISTS && data != NULL) && g.errors++ < 3)
-        fprintf(stderr, "herd: create failed: %s\n", zerror(rc));
-    g.outstanding--;
-}
-
-static void create(const char *path, const char *data, int parent)
-{
-    int rc = zoo_acreate(g.zh, path, data, data ? (int)strlen(data) : -1, &ZOO_OPEN_ACL_UNSAFE, 0,
-                         on_created, parent ? "parent" : NULL);
-    if (rc != ZOK)
-        die(zerror(rc));
-    g.outstanding++;
-}
-
-static void create_provider(int i)
-{
-    char path[256], data[128];
-    snprintf(path, sizeof path, ROOT "/p%06d", i);
-    snprintf(data, sizeof data, "{\"host\": \"127.0.0.1\", \"port\": %d}", BASE_PORT + i);
-    create(path, data, 0);
-}
-
-static int helper_connected(void) { return g.connected; }
-static int none_outstanding(void) { return g.outstanding == 0; }
-
-static int all_hit(void)
-{
+    (void)w;
     for (int i = 0; i < g.nclients; i++)
         if (!g.cl[i].t_hit)
             return 0;
@@ -292,7 +223,7 @@ static void on_watch(const char *target, size_t n, void *user)
     client *c = user;
     c->seen = n;
     if (n == g.want && !c->t_hit)
-        c->t_hit = now_us();
+        c->t_hit = zkw_now_us();
 }
 
 static unsigned long long requests_sum(void)
@@ -315,7 +246,7 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
     (void)arg;
     if (!g.watching)
         return;
-    uint64_t t = now_us();
+    uint64_t t = zkw_now_us();
     for (int i = 0; i < g.nclients; i++) {
         client *c = &g.cl[i];
         int up = mu_client_zk_connected(c->c);
@@ -342,8 +273,9 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
 
 /* Every client has its session back (resumed: its watches re-armed by the
  * ZooKeeper client, so it need not re-list). */
-static int all_back(void)
+static int all_back(const zkw *w)
 {
+    (void)w;
     if (atomic_load(&srv.busy))
         return 0;
     for (int i = 0; i < g.nclients; i++)
@@ -371,15 +303,15 @@ static uint64_t join(int idx, size_t want, unsigned long long *gc_min, unsigned 
         g.cl[i].t_hit = 0;
     }
     g.want = want;
-    uint64_t t0 = now_us();
-    create_provider(idx);
-    mu_zkloop_update(g.zl);
+    uint64_t t0 = zkw_now_us();
+    zkw_create_provider(&g.helper, idx);
+    mu_zkloop_update(g.helper.zl);
     wait_for(all_hit, 30, "every client to see a join");
     uint64_t last = 0;
     for (int i = 0; i < g.nclients; i++)
         if (g.cl[i].t_hit > last)
             last = g.cl[i].t_hit;
-    wait_for(none_outstanding, 10, "the create's completion");
+    wait_for(zkw_idle, 10, "the create's completion");
     run_for(300); /* late duplicates would count */
     *gc_min = *get_min = ~0ull;
     *gc_max = *get_max = 0;
@@ -441,25 +373,15 @@ int main(int argc, char **argv)
     const char *zk = srv.connstr;
 
     g.base = event_base_new();
-    g.deadline = g.base ? evtimer_new(g.base, on_deadline, NULL) : NULL;
     g.tick = g.base ? event_new(g.base, -1, EV_PERSIST, on_tick, NULL) : NULL;
-    g.zl = g.base ? mu_zkloop_new(g.base) : NULL;
-    if (!g.deadline || !g.tick || !g.zl)
+    if (!g.tick || zkw_init(&g.helper, g.base, "herd", ROOT, BASE_PORT) != 0)
         die("setup failed");
-    g.zh = zookeeper_init(zk, zk_watcher, 4000, NULL, NULL, 0);
-    if (!g.zh)
+    if (zkw_open(&g.helper, zk, 4000) != 0)
         die("zookeeper_init failed");
-    mu_zkloop_attach(g.zl, g.zh);
-    wait_for(helper_connected, 30, "the helper's session");
-    create("/dubbo", "", 1);
-    create("/dubbo/herd", "", 1);
-    create("/dubbo/herd/echo", "", 1);
-    create(ROOT, "", 1);
-    for (int i = 0; i < nprov; i++)
-        create_provider(i);
-    mu_zkloop_update(g.zl);
-    wait_for(none_outstanding, 30, "the provider nodes");
-    if (g.errors)
+    wait_for(zkw_connected, 30, "the helper's session");
+    zkw_create_providers(&g.helper, nprov);
+    wait_for(zkw_idle, 30, "the provider nodes");
+    if (g.helper.errors)
         die("could not create the provider nodes");
 
     /* The clients, all at once. */
@@ -470,7 +392,7 @@ int main(int argc, char **argv)
     char sms[32];
     snprintf(sms, sizeof sms, "%d", session_ms);
     g.want = (size_t)nprov;
-    uint64_t t0 = now_us();
+    uint64_t t0 = zkw_now_us();
     for (int i = 0; i < nclients; i++) {
         mu_config *cfg = mu_config_new();
         if (!cfg || mu_config_set(cfg, "zk_hosts", zk) != MU_OK ||
@@ -484,7 +406,7 @@ int main(int argc, char **argv)
     }
     wait_for(all_hit, 60, "every client's first load");
     printf("SETUP clients=%d providers=%d cold_ms=%.1f\n", nclients, nprov,
-           (double)(now_us() - t0) / 1000.0);
+           (double)(zkw_now_us() - t0) / 1000.0);
     fflush(stdout);
     run_for(500);
 
@@ -534,7 +456,7 @@ int main(int argc, char **argv)
             die("pthread_create failed");
         g.nwin = 0;
         g.last_sum = requests_sum();
-        uint64_t t_stop = now_us();
+        uint64_t t_stop = zkw_now_us();
         g.t_next_window = t_stop + WINDOW_MS * 1000u;
         g.watching = 1;
         event_add(g.tick, &ten_ms);
@@ -611,7 +533,7 @@ int main(int argc, char **argv)
         }
         /* Every watch is back: one more join reaches every client. The
          * helper's own session may still be reconnecting. */
-        wait_for(helper_connected, 30, "the helper's session after the restart");
+        wait_for(zkw_connected, 30, "the helper's session after the restart");
         unsigned long long a, b, c, d;
         uint64_t rejoin = join(next, (size_t)next + 1, &a, &b, &c, &d);
         next++;
@@ -648,13 +570,10 @@ int main(int argc, char **argv)
         mu_client_free(g.cl[i].c);
     free(g.cl);
     free(us);
-    mu_zkloop_attach(g.zl, NULL);
-    zookeeper_close(g.zh);
-    mu_zkloop_free(g.zl);
+    zkw_close(&g.helper);
     event_free(g.tick);
-    event_free(g.deadline);
     event_base_free(g.base);
     server_cmd(2);
     pthread_join(server, NULL);
-    return g.errors ? 1 : 0;
+    return g.helper.errors ? 1 : 0;
 }
