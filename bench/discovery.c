@@ -114,16 +114,16 @@ int main(int argc, char **argv)
         {"reps", required_argument, NULL, 'r'},
         {NULL, 0, NULL, 0},
     };
-    int c;
-    while ((c = getopt_long(argc, argv, "", lo, NULL)) != -1) {
+    int c, bad = 0;
+    while (!bad && (c = getopt_long(argc, argv, "", lo, NULL)) != -1) {
         switch (c) {
         case 'z': zk = optarg; break;
         case 'n': n = atoi(optarg); break;
         case 'r': reps = atoi(optarg); break;
-        default: zk = NULL; optind = argc + 1; break;
+        default: bad = 1; break; /* getopt has named it */
         }
     }
-    if (!zk || optind != argc || n < 1 || n > 40000 || reps < 1 || reps > 100) {
+    if (bad || !zk || optind != argc || n < 1 || n > 40000 || reps < 1 || reps > 100) {
         fprintf(stderr, "usage: %s --zk HOST:PORT [--providers N] [--reps R]\n", argv[0]);
         return 2;
     }
