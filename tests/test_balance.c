@@ -163,6 +163,14 @@ static void set_list(mu_pool *p, mu_endpoint *ep, const size_t *idx, size_t n)
     CHECK(p);
 }
 
+/* Every pool holding ep[0..n) is gone: no member node is left on them. */
+static void eps_free(mu_endpoint *ep, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        assert_null(ep[i].members);
+    free(ep);
+}
+
 static size_t idx_of(const mu_endpoint *base, const mu_endpoint *e)
 {
     assert_non_null(e);
@@ -272,9 +280,7 @@ static void rr_even(size_t n)
         assert_int_equal(count[i], 1000);
     CHECK(p);
     mu_pool_free(p);
-    for (size_t i = 0; i < n; i++)
-        assert_null(ep[i].members);
-    free(ep);
+    eps_free(ep, n);
 }
 
 static void test_rr_even_3(void **state)
@@ -1109,9 +1115,7 @@ static void test_fuzz_all_policies(void **state)
         CHECK(p[i]);
         mu_pool_free(p[i]);
     }
-    for (int i = 0; i < N; i++)
-        assert_null(ep[i].members);
-    free(ep);
+    eps_free(ep, N);
 }
 
 /* Every mu_pool_set allocation failing in turn, for a pool that least-
@@ -1152,9 +1156,7 @@ static void test_set_alloc_failures(void **state)
             mu_endpoint_pending_add(&ep[2], -3);
             mu_pool_free(p);
             mu_pool_free(p2);
-            for (int i = 0; i < N; i++)
-                assert_null(ep[i].members);
-            free(ep);
+            eps_free(ep, N);
         }
     }
 }
