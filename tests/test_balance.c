@@ -931,85 +931,7 @@ static void test_two_pools(void **state)
 
 /* ------------------------------------------------------------ fuzz */
 
-/* Random operations on three pools over shared endpoints, the checker
- * after each. */
-static void test_fuzz(void **state)
-{
-    (void)state;
-    enum { N = 40, POOLS = 3 };
-    mu_endpoint *ep = eps_new(N);
-    mu_pool *p[POOLS];
-    for (int i = 0; i < POOLS; i++)
-        p[i] = pool_of(ep, 0);
-    uint64_t rng = 43, now = NOW;
-    mu_endpoint *inflight[256];
-    size_t nin = 0;
-    for (int step = 0; step < 30000; step++) {
-        int op = (int)rand_below(&rng, 100);
-        mu_pool *q = p[rand_below(&rng, POOLS)];
-        if (op < 3) {
-            mu_endpoint *v[N + 1];
-            size_t n = 0;
-            for (size_t i = 0; i < N; i++)
-                if (rand_below(&rng, 3) == 0)
-                    v[n++] = &ep[i];
-            if (n && rand_below(&rng, 2))
-                v[n++] = v[0]; /* a duplicate */
-            assert_int_equal(mu_pool_set(q, v, n), 0);
-        } else if (op < 6) {
-            mu_endpoint *e = &ep[rand_below(&rng, N)];
-            set_down(e, rand_below(&rng, 2) ? now + rand_below(&rng, 5000) : 0);
-            mu_endpoint_pending_add(e, +1); /* as call.c: marked, then the attempt ends */
-            mu_endpoint_pending_add(e, -1);
-        } else if (op < 8) {
-            now += rand_below(&rng, 1000);
-        } else if (op < 60 || nin == 0) {
-            mu_endpoint *avoid[2];
-            size_t na = rand_below(&rng, 3);
-            for (size_t i = 0; i < na; i++)
-                avoid[i] = &ep[rand_below(&rng, N)];
-            mu_policy pol = all_policies[rand_below(&rng, 4)];
-            mu_endpoint *e = mu_pool_pick(q, pol, avoid, na, now, &rng);
-            if (!mu_pool_size(q)) {
-                assert_null(e);
-            } else {
-                assert_non_null(e);
-                int in = 0;
-                for (size_t i = 0; i < mu_pool_size(q); i++)
-                    in |= mu_pool_get(q, i) == e;
-                assert_true(in);
-                if (nin < 256) {
-                    mu_endpoint_pending_add(e, +1);
-                    inflight[nin++] = e;
-                }
-            }
-        } else {
-            size_t r = rand_below(&rng, nin);
-            mu_endpoint_pending_add(inflight[r], -1);
-            inflight[r] = inflight[--nin];
-        }
-        for (int i = 0; i < POOLS; i++)
-            CHECK(p[i]);
-    }
-    while (nin)
-        mu_endpoint_pending_add(inflight[--nin], -1);
-    for (int i = 0; i < POOLS; i++) {
-        CHECK(p[i]);
-        mu_pool_free(p[i]);
-    }
-    for (int i = 0; i < N; i++) {
-        assert_int_equal(ep[i].pending, 0);
-        assert_null(ep[i].members);
-    }
-    free(ep);
-}
-
-/* Every policy (ewma and hash included), pools that least-pending never
- * picks from, starts late on, or that are freed and made again, health
- * changes told by mu_endpoint_sync alone (no pending_add after them to
- * refresh the copies), and what a pick must honour checked against the
- * endpoints themselves: an up, unavoided endpoint whenever there is one,
- * an unavoided one whenever there is one, and least-pending's minimum. */
+/* v[0..n) holds e. */
 static int holds(mu_endpoint *const *v, size_t n, const mu_endpoint *e)
 {
     for (size_t i = 0; i < n; i++)
@@ -1018,26 +940,36 @@ static int holds(mu_endpoint *const *v, size_t n, const mu_endpoint *e)
     return 0;
 }
 
-static void test_fuzz_all_policies(void **state)
+/* Random operations on three pools over N shared endpoints, the checker
+ * after each: every policy (ewma and hash included), pools that
+ * least-pending never picks from, starts late on, or that are freed and
+ * made again, sets with duplicates, health changes told by
+ * mu_endpoint_sync alone (no pending_add after them to refresh the
+ * copies), and what a pick must honour checked against the endpoints
+ * themselves: an up, unavoided endpoint whenever there is one, an
+ * unavoided one whenever there is one, and least-pending's minimum. */
+static void fuzz(size_t N, uint64_t seed, int steps)
 {
-    (void)state;
-    enum { N = 12, POOLS = 3 };
+    enum { POOLS = 3, NMAX = 40 };
+    assert_true(N <= NMAX);
     mu_endpoint *ep = eps_new(N);
     mu_pool *p[POOLS];
     for (int i = 0; i < POOLS; i++)
         p[i] = pool_of(ep, 0);
-    uint64_t rng = 7, now = NOW;
+    uint64_t rng = seed, now = NOW;
     mu_endpoint *inflight[256];
     size_t nin = 0;
-    for (int step = 0; step < 40000; step++) {
+    for (int step = 0; step < steps; step++) {
         int op = (int)rand_below(&rng, 100), pi = (int)rand_below(&rng, POOLS);
         mu_pool *q = p[pi];
         if (op < 3) {
-            mu_endpoint *v[N];
+            mu_endpoint *v[NMAX + 1];
             size_t n = 0, keep = rand_below(&rng, 4);
             for (size_t i = 0; i < N; i++)
                 if (rand_below(&rng, 4) <= keep)
                     v[n++] = &ep[i];
+            if (n && rand_below(&rng, 2))
+                v[n++] = v[0]; /* a duplicate */
             assert_int_equal(mu_pool_set(q, v, n), 0);
         } else if (op == 3) {
             if (rand_below(&rng, 10) == 0) {
@@ -1065,7 +997,7 @@ static void test_fuzz_all_policies(void **state)
             for (size_t i = 0; i < na; i++)
                 avoid[i] = &ep[rand_below(&rng, N)];
             mu_policy pol = (mu_policy)rand_below(&rng, 6);
-            if (pol == MU_POLICY_LEAST_PENDING && (pi == 0 || (pi == 1 && step < 20000)))
+            if (pol == MU_POLICY_LEAST_PENDING && (pi == 0 || (pi == 1 && step < steps / 2)))
                 pol = MU_POLICY_EWMA; /* pool 0 never least-pending, pool 1 late */
             mu_endpoint *e = mu_pool_pick(q, pol, avoid, na, now, &rng);
             size_t n = mu_pool_size(q);
@@ -1115,7 +1047,18 @@ static void test_fuzz_all_policies(void **state)
         CHECK(p[i]);
         mu_pool_free(p[i]);
     }
+    for (size_t i = 0; i < N; i++)
+        assert_int_equal(ep[i].pending, 0);
     eps_free(ep, N);
+}
+
+/* Few endpoints (deep levels: up to 256 calls in flight over 12) and more
+ * (40, wider pools). */
+static void test_fuzz(void **state)
+{
+    (void)state;
+    fuzz(12, 7, 40000);
+    fuzz(40, 43, 30000);
 }
 
 /* Every mu_pool_set allocation failing in turn, for a pool that least-
@@ -1213,7 +1156,6 @@ int main(void)
         cmocka_unit_test(test_free_with_pending),
         cmocka_unit_test(test_two_pools),
         cmocka_unit_test(test_fuzz),
-        cmocka_unit_test(test_fuzz_all_policies),
         cmocka_unit_test(test_set_alloc_failures),
         cmocka_unit_test(test_level_after_failed_growth),
     };
