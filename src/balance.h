@@ -92,17 +92,5 @@ typedef struct mu_peers {
 } mu_peers;
 void mu_endpoint_peers(const mu_endpoint *e, uint64_t now_us, int max_pct, mu_peers *out);
 
-/* xorshift64*, for random and p2c; inline: every pick draws. */
-static inline uint64_t mu_rand(uint64_t *state)
-{
-    uint64_t x = *state;
-    if (x == 0) /* a zero state would stay zero */
-        x = 0x9E3779B97F4A7C15ull;
-    x ^= x >> 12;
-    x ^= x << 25;
-    x ^= x >> 27;
-    *state = x;
-    return x * 0x2545F4914F6CDD1Dull;
-}
 
 #endif

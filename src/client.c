@@ -489,7 +489,7 @@ static mu_status make_modules(mu_client *c, const mu_config *cfg, mu_proto proto
     const char *zk = mu_config_str(cfg, "zk_hosts");
     if (*zk && !(c->reg = mu_registry_new(c->base, c->view, zk,
                                           (int)mu_config_long(cfg, "zk_session_timeout_ms"),
-                                          &c->log, &c->stats)))
+                                          &c->log, &c->stats, seed(c))))
         return MU_EDISCOVERY;
     if (c->snap && c->reg) {
         long ms = mu_config_long(cfg, "snapshot_stale_after_ms");

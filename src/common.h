@@ -48,6 +48,21 @@ int mu_list_each(const char *list, int (*fn)(const char *item, size_t len, void 
 /* Monotonic clock in microseconds. */
 uint64_t mu_now_us(void);
 
+/* xorshift64*: the one generator of the library (picks, jitter, retry
+ * backoff, re-list delays). Each user keeps its own state, seeded by the
+ * client; inline because every pick draws. */
+static inline uint64_t mu_rand(uint64_t *state)
+{
+    uint64_t x = *state;
+    if (x == 0) /* a zero state would stay zero */
+        x = 0x9E3779B97F4A7C15ull;
+    x ^= x >> 12;
+    x ^= x << 25;
+    x ^= x >> 27;
+    *state = x;
+    return x * 0x2545F4914F6CDD1Dull;
+}
+
 
 
 /* Logging: every part logs through the client's sink. */

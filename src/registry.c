@@ -4,8 +4,6 @@
 #include <event2/event.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/random.h>
-#include <time.h>
 #include <zookeeper/zookeeper.h>
 
 #include "map.h"
@@ -286,15 +284,6 @@ static int relist_bound_ms(const mu_registry *r)
     return b < 2000 ? b : 2000;
 }
 
-static uint64_t next_random(mu_registry *r)
-{
-    /* xorshift64*, seeded by getrandom in mu_registry_new */
-    r->rng ^= r->rng >> 12;
-    r->rng ^= r->rng << 25;
-    r->rng ^= r->rng >> 27;
-    return r->rng * 2685821657736338717ull;
-}
-
 static void relist_all(mu_registry *r, int fresh)
 {
     int later = 0;
@@ -314,7 +303,7 @@ static void relist_all(mu_registry *r, int fresh)
     }
     r->ever_connected = 1;
     if (later) {
-        long ms = (long)(next_random(r) % (uint64_t)(relist_bound_ms(r) + 1));
+        long ms = (long)(mu_rand(&r->rng) % (uint64_t)(relist_bound_ms(r) + 1));
         struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
         event_add(r->relist, &tv);
     }
@@ -393,7 +382,8 @@ static void on_renew(evutil_socket_t fd, short what, void *arg)
 }
 
 mu_registry *mu_registry_new(struct event_base *base, mu_view *view, const char *hosts,
-                             int session_timeout_ms, const mu_logger *log, mu_client_stats *stats)
+                             int session_timeout_ms, const mu_logger *log, mu_client_stats *stats,
+                             uint64_t seed)
 {
     mu_registry *r = calloc(1, sizeof *r);
     if (!r)
@@ -406,10 +396,7 @@ mu_registry *mu_registry_new(struct event_base *base, mu_view *view, const char 
     r->loop = mu_zkloop_new(base);
     r->renew = event_new(base, -1, 0, on_renew, r);
     r->relist = evtimer_new(base, on_relist, r);
-    if (getrandom(&r->rng, sizeof r->rng, GRND_NONBLOCK) != sizeof r->rng)
-        r->rng = (uint64_t)time(NULL) ^ (uint64_t)(uintptr_t)r;
-    if (r->rng == 0)
-        r->rng = 0x9e3779b97f4a7c15ull;
+    r->rng = seed;
     if (!r->hosts || !r->loop || !r->renew || !r->relist || open_handle(r) != 0) {
         mu_registry_free(r);
         return NULL;

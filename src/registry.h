@@ -26,8 +26,10 @@ typedef struct mu_registry mu_registry;
  * registry.c. The client calls it once, under pthread_once. */
 void mu_registry_global_init(void);
 
+/* seed: the re-list delays' random state (the client draws it). */
 mu_registry *mu_registry_new(struct event_base *base, mu_view *view, const char *hosts,
-                             int session_timeout_ms, const mu_logger *log, mu_client_stats *stats);
+                             int session_timeout_ms, const mu_logger *log, mu_client_stats *stats,
+                             uint64_t seed);
 /* Closes the session (pending requests complete as cancelled). */
 void mu_registry_free(mu_registry *r);
 /* Lists and watches g now, or as soon as a session is up. */
