@@ -944,6 +944,7 @@ static int report(call_t *k, mu_endpoint *e, const mu_xfer_result *res, const mu
         .now_us = now,
         .latency_us = now - k->launch_us,
         .answered = res->code == CURLE_OK,
+        .http_status = res->http_status,
         .reused = res->reused,
         .died_on_reuse = res->died_on_reuse,
         .body_wait_us = res->body_wait_us,

@@ -79,7 +79,7 @@ static const key_spec keys[] = {
      "how long an ejected provider is skipped: eject_ms x ejections in a row, +0-25% jitter"},
     {"eject_max_ms", "30000", K_INT, 0, 3600000, NULL, "cap on one ejection"},
     {"eject_after_failures", "5", K_INT, 1, 1000, NULL,
-     "consecutive failures that eject a provider: timeouts, broken connections, HTTP errors "
+     "consecutive failures that eject a provider: timeouts, broken connections, HTTP 5xx errors "
      "without a microutil body, bad or oversized responses, attempts unanswered 8x past its "
      "usual latency (a refused connection ejects at once)"},
     {"max_ejected_percent", "50", K_INT, 0, 100, NULL,

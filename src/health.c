@@ -297,8 +297,9 @@ static const char *own_failure(const mu_attempt_report *r)
     if (r->signal == MU_SIG_BROKEN)
         return "the connection broke after the request was sent";
     switch (r->status) {
-    case MU_EHTTP:
-        return r->answered ? "an HTTP error without a microutil body" : NULL;
+    case MU_EHTTP: /* a 4xx is the caller's (a wrong path gets Django's 404 from all) */
+        return r->answered && r->http_status >= 500 ? "an HTTP 5xx without a microutil body"
+                                                    : NULL;
     case MU_EPROTOCOL:
         return "a response that breaks the protocol";
     case MU_ETOOBIG:

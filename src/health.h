@@ -91,6 +91,7 @@ typedef struct mu_attempt_report {
     uint64_t now_us;         /* when it ended */
     uint64_t latency_us;
     int answered;            /* an HTTP answer came back */
+    long http_status;        /* its status (0: none) */
     int reused;              /* over a kept connection */
     int died_on_reuse;       /* a kept connection ended before any answer byte */
     uint64_t body_wait_us;   /* from the first answer byte to the last */

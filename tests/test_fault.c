@@ -242,6 +242,24 @@ static void test_consecutive_failures(void **state)
     assert_int_equal(d.down, 1);
 }
 
+/* A 4xx is the caller's mistake, not the providers': a client posting to
+ * the wrong path (the Django 404 every provider gives) ejects nobody. */
+static void test_client_404_ejects_nobody(void **state)
+{
+    (void)state;
+    tb_provider *p[3];
+    for (int i = 0; i < 3; i++)
+        assert_non_null(p[i] = provider("lost", NULL));
+    mu_client *c = client(tu_config("policy", "round-robin", "path", "/wrong/", NULL));
+    load l;
+    run_load(&l, c, "lost:echo", 300, 0, 20000);
+    assert_int_equal(l.by_status[MU_EHTTP], 300);
+    assert_int_equal(ejections(c), 0);
+    mu_client_free(c);
+    for (int i = 0; i < 3; i++)
+        tb_provider_free(p[i]);
+}
+
 /* Two of three: at most half of the pool is ejected (max_ejected_percent),
  * so one bad provider stays in use with the good one: panic mode, never
  * none. */
@@ -948,6 +966,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_silent_provider, setup, teardown),
         cmocka_unit_test_setup_teardown(test_consecutive_failures, setup, teardown),
         cmocka_unit_test_setup_teardown(test_max_ejected, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_client_404_ejects_nobody, setup, teardown),
         cmocka_unit_test_setup_teardown(test_retry_budget, setup, teardown),
         cmocka_unit_test_setup_teardown(test_endless_bodies, setup, teardown),
         cmocka_unit_test_setup_teardown(test_huge_header, setup, teardown),
