@@ -309,6 +309,17 @@ static const char *own_failure(const mu_attempt_report *r)
     }
 }
 
+/* An attempt that ended unanswered and that in-flight age already counted
+ * (mu_health_silent: attempts are told oldest first, so every unanswered
+ * attempt launched up to silent_upto_us was counted, or had an answer
+ * from e come after it began, which makes its silence no failure of e's). */
+static int counted_silent(const mu_endpoint *e, const mu_attempt_report *r)
+{
+    uint64_t launch = r->now_us - r->latency_us;
+    return (r->signal == MU_SIG_TIMEOUT || r->signal == MU_SIG_BROKEN) &&
+           launch <= e->health.silent_upto_us;
+}
+
 int mu_health_ended(mu_health *h, mu_endpoint *e, const mu_attempt_report *r)
 {
     learn_quickack(h, e, r);
@@ -322,6 +333,8 @@ int mu_health_ended(mu_health *h, mu_endpoint *e, const mu_attempt_report *r)
         e->health.failures++;
         e->health.fail_streak++;
         verdict |= eject(h, e, r->rules, r->now_us, "connection refused");
+    } else if (own && counted_silent(e, r)) {
+        /* struck already, while in flight: one attempt, one strike */
     } else if (own) {
         verdict |= strike(h, e, r->rules, r->now_us, own);
     } else if (r->signal == MU_SIG_ANSWERED) {
