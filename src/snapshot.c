@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "conf.h"
 #include "map.h"
@@ -113,25 +114,54 @@ static void put_group(mu_group *g, void *user)
         w->failed = 1;
 }
 
+/* The lines read at start for methods this run has not listed from
+ * ZooKeeper (not called yet, or still loading): kept, so that a method
+ * called rarely still has its last known providers at the next start. */
+static void put_unlisted(mu_snapshot *s, writer *w)
+{
+    size_t i = 0;
+    const char *path;
+    void *hosts;
+    while (mu_map_next(&s->loaded, &i, &path, &hosts)) {
+        mu_group *g = mu_view_group(s->view, path, 0);
+        if (g && g->state == MU_GROUP_READY)
+            continue; /* put_group wrote what ZooKeeper (or the snapshot) says now */
+        if (fprintf(w->f, "%s %s\n", path, (const char *)hosts) < 0)
+            w->failed = 1;
+    }
+}
+
+/* Written beside, then renamed: a reader sees the old file or the new one.
+ * The temporary name is private to this writer (mkstemp), so that the
+ * processes of one service sharing a snapshot_file (uwsgi or gunicorn
+ * workers, one config) never write into one another's file. */
 static void write_now(mu_snapshot *s)
 {
     size_t len = strlen(s->path) + 8;
     char *tmp = malloc(len);
     if (!tmp)
         return;
-    snprintf(tmp, len, "%s.tmp", s->path);
-    writer w = {fopen(tmp, "w"), 0};
+    snprintf(tmp, len, "%s.XXXXXX", s->path);
+    int fd = mkstemp(tmp);
+    writer w = {fd >= 0 ? fdopen(fd, "w") : NULL, 0};
+    int err = errno;
     if (w.f) {
         if (fputs(HEADER, w.f) == EOF)
             w.failed = 1;
         mu_view_each_group(s->view, put_group, &w);
+        put_unlisted(s, &w);
+        err = errno;
         if (fclose(w.f) != 0)
-            w.failed = 1;
+            w.failed = 1, err = errno;
+    } else if (fd >= 0) {
+        close(fd);
     }
-    if (!w.f || w.failed || rename(tmp, s->path) != 0) {
-        mu_log(s->log, MU_LOG_WARN, "snapshot_file %s: not written: %s", s->path,
-               strerror(errno));
-        remove(tmp);
+    if (w.f && !w.failed && rename(tmp, s->path) != 0)
+        w.failed = 1, err = errno;
+    if (!w.f || w.failed) {
+        mu_log(s->log, MU_LOG_WARN, "snapshot_file %s: not written: %s", s->path, strerror(err));
+        if (fd >= 0)
+            remove(tmp);
     }
     free(tmp);
 }

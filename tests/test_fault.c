@@ -651,6 +651,36 @@ static void test_snapshot_stale_start(void **state)
 
 /* A bad snapshot file: bad lines are skipped with a warning naming the
  * line; good ones are kept. */
+/* A method this run never calls keeps its line: the snapshot is rewritten
+ * when the called one loads, and the rare one must still have its last
+ * known providers at the next start without ZooKeeper. */
+static void test_snapshot_keeps_unlisted(void **state)
+{
+    (void)state;
+    char file[64];
+    snprintf(file, sizeof file, "/tmp/mu-snapshot-keep-%d", (int)getpid());
+    FILE *f = fopen(file, "w");
+    assert_non_null(f);
+    fputs("# libmicroutil snapshot 1\n/dubbo/rare/m/provider 127.0.0.1:9\n", f);
+    fclose(f);
+    tb_provider *p = provider("snap", NULL);
+    assert_non_null(p);
+    mu_client *c = client(tu_config("snapshot_file", file, "preload", "snap:echo", NULL));
+    assert_true(tu_run_until(base, loaded, c, 5000));
+    tu_run_for(base, 300); /* the write is 200 ms after the change */
+    mu_client_free(c);
+    f = fopen(file, "r");
+    assert_non_null(f);
+    char text[4096] = "";
+    size_t got = fread(text, 1, sizeof text - 1, f);
+    text[got] = '\0';
+    fclose(f);
+    assert_non_null(strstr(text, "/dubbo/snap/echo/provider "));
+    assert_non_null(strstr(text, "/dubbo/rare/m/provider 127.0.0.1:9\n"));
+    tb_provider_free(p);
+    remove(file);
+}
+
 static void test_snapshot_bad_lines(void **state)
 {
     (void)state;
@@ -979,6 +1009,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_hedge_percentile, setup, teardown),
         cmocka_unit_test_setup_teardown(test_snapshot_stale_start, setup, teardown),
         cmocka_unit_test_setup_teardown(test_snapshot_bad_lines, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_snapshot_keeps_unlisted, setup, teardown),
         cmocka_unit_test_setup_teardown(test_empty_protection, setup, teardown),
         cmocka_unit_test_setup_teardown(test_hedge_cancel_own_id, setup, teardown),
         cmocka_unit_test_setup_teardown(test_hedge_free_in_callback, setup, teardown),
