@@ -188,8 +188,9 @@ static int service_has_providers(mu_view *v, const mu_group *g)
     void *val;
     while (mu_map_next(&v->groups, &i, &k, &val)) {
         const mu_group *o = val;
-        if (o != g && strncmp(o->path, g->path, len) == 0 && mu_pool_size(o->pool) > 0)
-            return 1;
+        if (o != g && !o->stale && strncmp(o->path, g->path, len) == 0 &&
+            mu_pool_size(o->pool) > 0)
+            return 1; /* a snapshot's list says nothing of the service now */
     }
     return 0;
 }
@@ -202,7 +203,7 @@ static void apply(mu_view *v, mu_group *g, mu_group_state state)
     size_t n = 0, cap = mu_map_size(&g->znodes);
     mu_endpoint **eps = cap ? malloc(cap * sizeof *eps) : NULL;
     if (cap && !eps) {
-        mu_log(v->log, MU_LOG_ERROR, "%s: out of memory applying %zu children", g->path, g->nlatest);
+        mu_log(v->log, MU_LOG_ERROR, "%s: out of memory applying %zu children", g->path, cap);
         return;
     }
     uint64_t mark = ++v->apply_mark;
@@ -216,7 +217,7 @@ static void apply(mu_view *v, mu_group *g, mu_group_state state)
             eps[n++] = z->ep;
         }
     }
-    if (n == 0 && state == MU_GROUP_READY && g->empty_protection && !g->is_static &&
+    if (n == 0 && state == MU_GROUP_READY && g->empty_protection && !g->is_static && !g->stale &&
         mu_pool_size(g->pool) > 0 && service_has_providers(v, g)) {
         /* Empty-push protection (Dubbo's enable-empty-protection), per-method
          * layout only: see mu_group.empty_protection. */
