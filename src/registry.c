@@ -16,7 +16,6 @@ typedef struct watched {
     int relist;  /* a watch fired while listing */
     int unwatched; /* its last list or exists check failed: ZooKeeper holds no watch for it */
     int due;     /* the jittered re-list will list it */
-    unsigned listed_gen; /* r->gen when last listed */
 } watched;
 
 struct mu_registry {
@@ -32,7 +31,6 @@ struct mu_registry {
     struct event *relist; /* the jittered re-list after a reconnect or a new session */
     int connected;
     int ever_connected;
-    unsigned gen; /* connections so far */
     uint64_t rng;
     int64_t session_id;
 };
@@ -214,11 +212,14 @@ static void list_group(mu_registry *r, watched *w)
     }
     mu_group *g = w->g;
     req *q = req_new(r, w, NULL);
-    if (!q)
+    if (!q) {
+        w->unwatched = 1; /* no watch set: listed again on the next (re)connect */
         return;
+    }
     int rc = zoo_awget_children2(r->zh, g->path, child_watcher, w, children_done, q);
     if (rc != ZOK) {
         free(q);
+        w->unwatched = 1;
         if (transient(rc)) {
             mu_log(r->log, MU_LOG_INFO, "listing %s: %s", g->path, zerror(rc));
         } else {
@@ -229,7 +230,6 @@ static void list_group(mu_registry *r, watched *w)
     }
     w->listing = 1;
     w->due = 0;
-    w->listed_gen = r->gen;
     if (r->stats)
         r->stats->zk_get_children++;
     mu_zkloop_update(r->loop);
@@ -319,7 +319,7 @@ static void on_relist(evutil_socket_t fd, short what, void *arg)
     void *v;
     while (mu_map_next(&r->watched, &i, &k, &v)) {
         watched *w = v;
-        if (w->due && w->listed_gen != r->gen)
+        if (w->due) /* not listed since it became due (a watch would have cleared it) */
             list_group(r, w);
         w->due = 0;
     }
@@ -335,7 +335,6 @@ static void session_watcher(zhandle_t *zh, int type, int state, const char *path
         const clientid_t *id = zoo_client_id(zh);
         int fresh = id && id->client_id != r->session_id;
         r->connected = 1;
-        r->gen++;
         if (fresh) {
             r->session_id = id->client_id;
             if (r->stats)
