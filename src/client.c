@@ -180,8 +180,9 @@ static void add_static(const char *svc, const char *hosts, void *user)
 }
 
 /* The per-service keys' values from cfg: key "policy" or "KEY" for the
- * client, "KEY.SERVICE" for one service. Values were validated when set. */
-static void set_svc_opt(mu_svc_opts *o, const char *key, const char *value)
+ * client, "KEY.SERVICE" for one service. Values were validated when set.
+ * Returns 0 for a key it does not know. */
+static int set_svc_opt(mu_svc_opts *o, const char *key, const char *value)
 {
     int v = (int)strtol(value, NULL, 10);
     if (strcmp(key, "policy") == 0)
@@ -210,6 +211,9 @@ static void set_svc_opt(mu_svc_opts *o, const char *key, const char *value)
         o->eject.eject_after = v;
     else if (strcmp(key, "max_ejected_percent") == 0)
         o->eject.max_ejected_pct = v;
+    else
+        return 0;
+    return 1;
 }
 
 static void add_override(const char *key, const char *svc, const char *value, void *user)
@@ -224,19 +228,24 @@ static void add_override(const char *key, const char *svc, const char *value, vo
         }
     }
     if (o) /* out of memory: the service keeps the client's values */
-        set_svc_opt(o, key, value);
+        (void)set_svc_opt(o, key, value); /* known: apply_svc_opts checked every key */
 }
 
-static void apply_svc_opts(mu_client *c, const mu_config *cfg)
+/* conf.c's per-service keys, each of which the client must apply: one it
+ * does not know (a key added to conf.c alone) fails every client, so that
+ * no test run can miss it. */
+static mu_status apply_svc_opts(mu_client *c, const mu_config *cfg)
 {
-    static const char *const keys[] = {
-        "policy", "timeout_ms", "deadline_ms", "retries", "hedge_ms", "hedge", "slow_start_ms", "tls",
-        "empty_protection",
-        "eject_ms", "eject_max_ms", "eject_after_failures", "max_ejected_percent",
-    };
-    for (size_t i = 0; i < MU_ARRAY_LEN(keys); i++)
-        set_svc_opt(&c->defaults, keys[i], mu_config_str(cfg, keys[i]));
+    size_t n;
+    const char *const *keys = mu_config_service_keys(&n);
+    for (size_t i = 0; i < n; i++)
+        if (!set_svc_opt(&c->defaults, keys[i], mu_config_str(cfg, keys[i]))) {
+            mu_log(&c->log, MU_LOG_ERROR, "per-service key %s: not applied by the client",
+                   keys[i]);
+            return MU_ECONFIG;
+        }
     mu_config_each_override(cfg, add_override, c);
+    return MU_OK;
 }
 
 static mu_log_level level_of(const char *name)
@@ -262,8 +271,7 @@ static mu_status apply_config(mu_client *c, const mu_config *cfg, mu_proto *prot
     c->log.level = level_of(mu_config_str(cfg, "log_level"));
     mu_list_each(mu_config_str(cfg, "idempotent"), put_listed, &c->idempotent);
     mu_config_each_service(cfg, "static", add_static, c);
-    apply_svc_opts(c, cfg);
-    return MU_OK;
+    return apply_svc_opts(c, cfg);
 }
 
 static mu_call_settings call_settings(const mu_client *c, const mu_config *cfg, mu_proto proto)

@@ -134,6 +134,12 @@ static const struct {
 static int find_key(const char *name);
 
 /* The table key that "KEY.SERVICE" overrides, or -1. */
+const char *const *mu_config_service_keys(size_t *n)
+{
+    *n = MU_ARRAY_LEN(per_service);
+    return per_service;
+}
+
 static int per_service_key(const char *key)
 {
     const char *dot = strchr(key, '.');

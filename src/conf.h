@@ -16,6 +16,10 @@ int mu_config_is_set(const mu_config *cfg, const char *key);
 /* Per-service keys ("policy.SVC", "static.SVC"): the value for svc, or NULL. */
 const char *mu_config_service(const mu_config *cfg, const char *prefix, const char *svc);
 
+/* The table keys that may also be set for one service ("KEY.SVC"); *n
+ * gets their number. The one list: the client applies exactly these. */
+const char *const *mu_config_service_keys(size_t *n);
+
 /* Calls fn for every "KEY.SVC" key set whose KEY is a per-service table key. */
 void mu_config_each_override(const mu_config *cfg,
                              void (*fn)(const char *key, const char *svc, const char *value,
