@@ -7,7 +7,8 @@
  *     -> drain -> the user's callback
  *
  * Owns struct mu_calls and every call object. Reads the view's groups and
- * endpoints, writes only the endpoints' lane section (endpoint.h).
+ * endpoints, writes only the endpoints' lane and metrics sections
+ * (endpoint.h) and its targets' call.c sections (docs/design.md).
  */
 #include "config.h"
 #include "call.h"

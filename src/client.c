@@ -351,7 +351,7 @@ static int split_target(mu_client *c, const char *target, char *svc, size_t cap,
         return -1;
     }
     if (!colon || strchr(colon + 1, ':') || !valid_part(target, (size_t)(colon - target)) ||
-        !valid_part(colon + 1, tl - (size_t)(colon - target) - 1) || tl > 512) {
+        !valid_part(colon + 1, tl - (size_t)(colon - target) - 1)) {
         mu_fmt(c->errmsg, sizeof c->errmsg,
                "bad target '%.200s': expected SERVICE:METHOD with exactly one ':' and no "
                "spaces or '/'",

@@ -75,9 +75,9 @@ static const key_spec keys[] = {
     {"slow_start_ms", "0", K_INT, 0, 3600000, NULL,
      "a provider that joins, or comes back from ejection, gets a share of the picks that "
      "ramps up over this many ms (0: off)"},
-    {"eject_ms", "1000", K_INT, 0, 600000, NULL,
+    {"eject_ms", "1000", K_INT, 1, 600000, NULL,
      "how long an ejected provider is skipped: eject_ms x ejections in a row, +0-25% jitter"},
-    {"eject_max_ms", "30000", K_INT, 0, 3600000, NULL, "cap on one ejection"},
+    {"eject_max_ms", "30000", K_INT, 1, 3600000, NULL, "cap on one ejection"},
     {"eject_after_failures", "5", K_INT, 1, 1000, NULL,
      "consecutive failures that eject a provider: timeouts, broken connections, HTTP 5xx errors "
      "without a microutil body, bad or oversized responses, attempts unanswered 8x past its "

@@ -9,7 +9,7 @@
  * introspection (client.c) reads the counters. call.c reports each
  * attempt's start and end here, reads `reuse_ok` to date its attempts, and
  * never edits the state itself. Latency tracking (the peak EWMA the ewma
- * policy reads) lives here; so would outlier ejection and slow start.
+ * policy reads) and outlier ejection live here; slow start is balance's.
  *
  * Ownership:
  *   mu_health       private to health.c; made and freed by client.c.
@@ -37,7 +37,7 @@ typedef struct mu_health_ep {
     uint64_t oldest_us;     /* launch time of its oldest attempt in flight; 0: none */
     /* the rest */
     uint64_t calls;         /* attempts begun */
-    uint64_t failures;      /* attempts that failed at the transport level */
+    uint64_t failures;      /* failures of its own: refusals and the strikes (see health.c) */
     unsigned fail_streak;   /* consecutive failures of the provider's own (see health.c) */
     unsigned eject_level;   /* ejections in a row: the next one lasts eject_ms x this */
     uint64_t ejections;     /* times ejected */

@@ -22,7 +22,9 @@ const double mu_met_bound_s[MU_MET_BOUNDS] = {
 };
 
 /* The `kind` label of each mu_status counted; 0 stands for statuses newer
- * than this table. */
+ * than this table. Every status a call can end with has a row
+ * (MU_ENOSPACE is no call's). */
+_Static_assert(MU_MET_KINDS == MU_EOVERLOADED + 1, "a call status without a metrics kind");
 static const char *const kinds[MU_MET_KINDS] = {
     "other",     "inval",   "nomem",     "config", "noprovider", "discovery",
     "timeout",   "connect", "transport", "http",   "protocol",   "toobig",

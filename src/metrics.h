@@ -17,7 +17,7 @@
  * endpoints (mu_met_source): it knows neither.
  *
  * Ownership:
- *   mu_ep_metrics      view's memory (in mu_endpoint), zeroed by its calloc;
+ *   mu_ep_metrics      view's memory (in mu_endpoint), zeroed when view.c allocates it;
  *                      written by call.c.
  *   mu_target_metrics  client.c's memory (in mu_target); written by call.c.
  *   mu_met_source, rows  the caller's stack, for one walk.

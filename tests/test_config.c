@@ -81,6 +81,8 @@ static void test_bad_values_name_key_value_and_allowed(void **state)
         {"zk_root", "/a\tb", "ZooKeeper node names"},
         {"path", "json/", "starting with '/'"},
         {"path", "/a b/", "without spaces"},
+        {"eject_ms", "0", "from 1 to"}, /* a 0 ms ejection would still move queues; off is max_ejected_percent = 0 */
+        {"eject_max_ms.svc", "0", "from 1 to"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         assert_int_equal(mu_config_set(c, cases[i].key, cases[i].value), MU_ECONFIG);

@@ -332,7 +332,10 @@ typedef struct mu_endpoint_info {
     const char *address;    /**< "host:port" */
     int pending;            /**< Attempts in flight or queued to it (all methods). */
     unsigned long long calls;    /**< Attempts sent to it. */
-    unsigned long long failures; /**< Attempts that failed in transport. */
+    unsigned long long failures; /**< Failures of its own: refused connections, timeouts,
+                                      connections broken after sending, HTTP 5xx without a
+                                      microutil body, protocol errors, oversized responses,
+                                      and attempts unanswered past in-flight age. */
     int down;               /**< 1 while it is ejected (outlier detection). */
     unsigned long long ejections; /**< Times it was ejected. */
     long long down_ms;      /**< While down: ms until it is tried again; else 0. */
