@@ -1446,8 +1446,10 @@ static int hedge_delay_ms(const call_t *k)
 
 static void arm_hedge(call_t *k)
 {
+    if (!k->idempotent) /* never hedged: no percentile to read */
+        return;
     k->hedge_ms = hedge_delay_ms(k);
-    if (!k->idempotent || k->hedge_ms <= 0)
+    if (k->hedge_ms <= 0)
         return;
     if (!k->hedge_ev && !(k->hedge_ev = evtimer_new(k->m->d.base, on_hedge, k)))
         return; /* out of memory: no hedge */

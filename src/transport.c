@@ -313,7 +313,13 @@ static void fill_result(mu_xfer *x, CURLcode code)
     r->too_big = x->too_big;
     /* libcurl 7.88 rejects a header over 100 KiB with CURLE_OUT_OF_MEMORY
      * and no error text: say what it was (the answer had begun). */
-    r->bad_headers = code == CURLE_OUT_OF_MEMORY && status > 0;
+    /* libcurl 7.88 (Debian 12) reports headers over its limits as out of
+     * memory; 8.6 and later as CURLE_TOO_LARGE */
+    r->bad_headers = (code == CURLE_OUT_OF_MEMORY && status > 0)
+#if LIBCURL_VERSION_NUM >= 0x080600
+                     || code == CURLE_TOO_LARGE
+#endif
+        ;
     r->body = x->body.data ? x->body.data : "";
     r->len = x->body.len;
     if (x->errbuf[0])
