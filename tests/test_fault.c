@@ -171,23 +171,28 @@ static void test_error_rate_outlier(void **state)
         tb_provider_free(p[i]);
 }
 
-/* Every provider raises alike (bad input, say): nobody is ejected. */
-static void test_errors_alike_eject_nobody(void **state)
+/* Three providers (started with flag, or none) all failing a load of n
+ * calls alike with want: nobody is ejected. */
+static void alike_eject_nobody(const char *flag, mu_config *cfg, int n, mu_status want)
 {
-    (void)state;
-    tb_provider *p[3] = {provider("alike", "--fail-rate", "1", NULL),
-                         provider("alike", "--fail-rate", "1", NULL),
-                         provider("alike", "--fail-rate", "1", NULL)};
+    tb_provider *p[3];
     for (int i = 0; i < 3; i++)
-        assert_non_null(p[i]);
-    mu_client *c = client(tu_config(NULL));
+        assert_non_null(p[i] = flag ? provider("alike", flag, "1", NULL) : provider("alike", NULL));
+    mu_client *c = client(cfg);
     load l;
-    run_load(&l, c, "alike:echo", 2000, 0, 30000);
-    assert_int_equal(l.by_status[MU_EREMOTE], 2000);
+    run_load(&l, c, "alike:echo", n, 0, 30000);
+    assert_int_equal(l.by_status[want], n);
     assert_int_equal(ejections(c), 0);
     mu_client_free(c);
     for (int i = 0; i < 3; i++)
         tb_provider_free(p[i]);
+}
+
+/* Every provider raises alike (bad input, say): nobody is ejected. */
+static void test_errors_alike_eject_nobody(void **state)
+{
+    (void)state;
+    alike_eject_nobody("--fail-rate", tu_config(NULL), 2000, MU_EREMOTE);
 }
 
 /* One of two providers accepts and never answers. Round-robin kept
@@ -247,17 +252,8 @@ static void test_consecutive_failures(void **state)
 static void test_client_404_ejects_nobody(void **state)
 {
     (void)state;
-    tb_provider *p[3];
-    for (int i = 0; i < 3; i++)
-        assert_non_null(p[i] = provider("lost", NULL));
-    mu_client *c = client(tu_config("policy", "round-robin", "path", "/wrong/", NULL));
-    load l;
-    run_load(&l, c, "lost:echo", 300, 0, 20000);
-    assert_int_equal(l.by_status[MU_EHTTP], 300);
-    assert_int_equal(ejections(c), 0);
-    mu_client_free(c);
-    for (int i = 0; i < 3; i++)
-        tb_provider_free(p[i]);
+    alike_eject_nobody(NULL, tu_config("policy", "round-robin", "path", "/wrong/", NULL), 300,
+                       MU_EHTTP);
 }
 
 /* Two of three: at most half of the pool is ejected (max_ejected_percent),
@@ -589,11 +585,51 @@ static void count_stale(const mu_endpoint_info *const *eps, size_t n, void *user
         s->stale += eps[i]->stale;
 }
 
+typedef struct loading {
+    mu_client *c;
+    const char *target;
+} loading;
+
 static int loaded(void *arg)
 {
-    mu_client *c = arg;
+    loading *l = arg;
     stale_seen s = {0, 0};
-    return mu_client_endpoints(c, "snap:echo", count_stale, &s) == MU_OK && s.n == 1;
+    return mu_client_endpoints(l->c, l->target, count_stale, &s) == MU_OK && s.n == 1;
+}
+
+/* A snapshot file of this test process, named by tag. */
+static void snapshot_path(char *file, size_t cap, const char *tag)
+{
+    snprintf(file, cap, "/tmp/mu-snapshot-%s-%d", tag, (int)getpid());
+}
+
+static void write_text(const char *file, const char *text)
+{
+    FILE *f = fopen(file, "w");
+    assert_non_null(f);
+    fputs(text, f);
+    fclose(f);
+}
+
+static void read_text(const char *file, char *text, size_t cap)
+{
+    FILE *f = fopen(file, "r");
+    assert_non_null(f);
+    size_t got = fread(text, 1, cap - 1, f);
+    text[got] = '\0';
+    fclose(f);
+}
+
+/* A client with snapshot_file that loads target (one provider) and ends:
+ * the file it wrote, in text. */
+static void snapshot_of_a_run(const char *file, const char *target, char *text, size_t cap)
+{
+    loading l = {client(tu_config("snapshot_file", file, "preload", target, NULL)), target};
+    mu_client *c = l.c;
+    assert_true(tu_run_until(base, loaded, &l, 5000));
+    tu_run_for(base, 300); /* the write is 200 ms after the change */
+    mu_client_free(c);
+    read_text(file, text, cap);
 }
 
 /* The view is written to snapshot_file; a client started while ZooKeeper
@@ -603,27 +639,19 @@ static void test_snapshot_stale_start(void **state)
 {
     (void)state;
     char file[64];
-    snprintf(file, sizeof file, "/tmp/mu-snapshot-%d", (int)getpid());
+    snapshot_path(file, sizeof file, "stale");
     remove(file);
     tb_provider *p = provider("snap", NULL);
     assert_non_null(p);
-    mu_client *c = client(tu_config("snapshot_file", file, "preload", "snap:echo", NULL));
-    assert_true(tu_run_until(base, loaded, c, 5000));
-    tu_run_for(base, 300); /* the write is 200 ms after the change */
-    mu_client_free(c);
-    FILE *f = fopen(file, "r");
-    assert_non_null(f);
-    char text[4096] = "";
-    size_t got = fread(text, 1, sizeof text - 1, f);
-    text[got] = '\0';
-    fclose(f);
+    char text[4096];
+    snapshot_of_a_run(file, "snap:echo", text, sizeof text);
     char ep[32];
     snprintf(ep, sizeof ep, "127.0.0.1:%d", tb_provider_port(p));
     assert_non_null(strstr(text, "/dubbo/snap/echo/provider "));
     assert_non_null(strstr(text, ep));
 
     assert_int_equal(tb_zk_stop(zk), 0);
-    c = client(tu_config("snapshot_file", file, "snapshot_stale_after_ms", "200", NULL));
+    mu_client *c = client(tu_config("snapshot_file", file, "snapshot_stale_after_ms", "200", NULL));
     /* 64 in flight from the start, ZooKeeper down: all served once the
      * snapshot's list is used. */
     load l;
@@ -649,8 +677,6 @@ static void test_snapshot_stale_start(void **state)
     remove(file);
 }
 
-/* A bad snapshot file: bad lines are skipped with a warning naming the
- * line; good ones are kept. */
 /* A method this run never calls keeps its line: the snapshot is rewritten
  * when the called one loads, and the rare one must still have its last
  * known providers at the next start without ZooKeeper. */
@@ -658,40 +684,27 @@ static void test_snapshot_keeps_unlisted(void **state)
 {
     (void)state;
     char file[64];
-    snprintf(file, sizeof file, "/tmp/mu-snapshot-keep-%d", (int)getpid());
-    FILE *f = fopen(file, "w");
-    assert_non_null(f);
-    fputs("# libmicroutil snapshot 1\n/dubbo/rare/m/provider 127.0.0.1:9\n", f);
-    fclose(f);
-    tb_provider *p = provider("snap", NULL);
+    snapshot_path(file, sizeof file, "keep");
+    write_text(file, "# libmicroutil snapshot 1\n/dubbo/rare/m/provider 127.0.0.1:9\n");
+    tb_provider *p = provider("keep", NULL); /* not snap: its last provider may linger */
     assert_non_null(p);
-    mu_client *c = client(tu_config("snapshot_file", file, "preload", "snap:echo", NULL));
-    assert_true(tu_run_until(base, loaded, c, 5000));
-    tu_run_for(base, 300); /* the write is 200 ms after the change */
-    mu_client_free(c);
-    f = fopen(file, "r");
-    assert_non_null(f);
-    char text[4096] = "";
-    size_t got = fread(text, 1, sizeof text - 1, f);
-    text[got] = '\0';
-    fclose(f);
-    assert_non_null(strstr(text, "/dubbo/snap/echo/provider "));
+    char text[4096];
+    snapshot_of_a_run(file, "keep:echo", text, sizeof text);
+    assert_non_null(strstr(text, "/dubbo/keep/echo/provider "));
     assert_non_null(strstr(text, "/dubbo/rare/m/provider 127.0.0.1:9\n"));
     tb_provider_free(p);
     remove(file);
 }
 
+/* A bad snapshot file: bad lines are skipped with a warning naming the
+ * line; good ones are kept. */
 static void test_snapshot_bad_lines(void **state)
 {
     (void)state;
     char file[64];
-    snprintf(file, sizeof file, "/tmp/mu-snapshot-bad-%d", (int)getpid());
-    FILE *f = fopen(file, "w");
-    assert_non_null(f);
-    fputs("# libmicroutil snapshot 1\nnot a line\n/dubbo/x/y/provider 127.0.0.1\n"
-          "/dubbo/x/y/provider 127.0.0.1:1,127.0.0.1:2\n",
-          f);
-    fclose(f);
+    snapshot_path(file, sizeof file, "bad");
+    write_text(file, "# libmicroutil snapshot 1\nnot a line\n/dubbo/x/y/provider 127.0.0.1\n"
+                     "/dubbo/x/y/provider 127.0.0.1:1,127.0.0.1:2\n");
     /* ZooKeeper unreachable (a closed port): the good line is used. */
     mu_config *cfg = tu_config("snapshot_file", file, "snapshot_stale_after_ms", "100",
                                "deadline_ms", "800", "log_level", "error", NULL);
